@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make demo` and `make test` (each creates .venv when missing).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pick your torch build here, e.g. TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu124
+# (CUDA 12.4) or TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu (CPU only).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+# Offline-safe defaults; caches stay inside the project (.cache/).
+export IAD_OFFLINE ?= 1
+export HF_HUB_OFFLINE ?= 1
+export YOLO_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help venv demo test test-slow bench clean
+
+help:
+	@echo "make demo       set up .venv and run the demo on the built-in synthetic data"
+	@echo "make test       set up .venv and run the test suite (what CI runs)"
+	@echo "make test-slow  also run tests marked slow"
+	@echo "make bench      run the benchmarks in benchmarks/"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_INDEX) $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m iad.demo
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: venv
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) benchmarks/prepare.py
+
+clean:
+	rm -rf .cache outputs multirun benchmarks/_work
