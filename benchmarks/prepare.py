@@ -1,0 +1,148 @@
+"""Series → cache throughput against a seed-style PNG export and the raw-read floor, one process.
+
+Writes an uncompressed 200-slice 512×512 int16 CT series (RescaleIntercept −1024) once, then times,
+with a warm page cache, the median of several repeats of:
+  floor      read every file's bytes
+  pydicom    dcmread + pixel_array per file, stack, np.save (a plain exporter)
+  seed-style dcmread + pixel_array per file, window, 3-channel (t−1, t, t+1) PNG per slice with cv2
+  iad        iad.preprocessing.cache_series (headers, direct pixel read, LUT window, memmap .npy)
+and iad's peak Python heap (tracemalloc) against the cached volume's bytes.
+Usage: python benchmarks/prepare.py [--slices 200] [--size 512] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+import shutil
+import statistics
+import tempfile
+import time
+import tracemalloc
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from iad.preprocessing import PreprocessConfig, cache_series
+
+WORK = Path(__file__).resolve().parent / "_work"
+
+
+def write_ct_series(folder: Path, n_slices: int, size: int) -> list[Path]:
+    """An uncompressed axial CT series with a smooth phantom, in stored int16 values."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    head = ((xx - size / 2) ** 2 / (0.4 * size) ** 2 + (yy - size / 2) ** 2 / (0.45 * size) ** 2) < 1
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for z in range(n_slices):
+        hu = np.where(head, 40, -1000) + rng.normal(0, 10, (size, size))
+        stored = np.clip(hu + 1024, -32768, 32767).astype(np.int16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality, ds.ImageType, ds.InstanceNumber = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"], z + 1
+        ds.ImagePositionPatient = [-125.0, -125.0, round(z * 0.5, 4)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.488281, 0.488281], 0.5
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = stored.tobytes()
+        path = folder / f"{generate_uid()}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def read_floor(paths: list[Path]) -> None:
+    for path in paths:
+        path.read_bytes()
+
+
+def plain_pydicom(paths: list[Path], out: Path) -> None:
+    datasets = [pydicom.dcmread(p) for p in paths]
+    datasets.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    np.save(out / "plain.npy", np.stack([ds.pixel_array for ds in datasets]))
+
+
+def seed_style(paths: list[Path], out: Path, centre: float = 40, width: float = 450) -> None:
+    datasets = [pydicom.dcmread(p) for p in paths]
+    datasets.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    images = []
+    for ds in datasets:
+        img = np.clip(ds.pixel_array.astype(np.float32), centre - width / 2, centre + width / 2)
+        img = (img - img.min()) / max(img.max() - img.min(), 1e-6) * 255
+        images.append(img.astype(np.uint8))
+    for t in range(len(images)):
+        prev, nxt = images[max(t - 1, 0)], images[min(t + 1, len(images) - 1)]
+        cv2.imwrite(str(out / f"{t:04d}.png"), np.dstack([prev, images[t], nxt]))
+
+
+def run_iad(folder: Path, out: Path) -> None:
+    target = out / "iad" / "series"
+    shutil.rmtree(target, ignore_errors=True)
+    cache_series(folder, target, PreprocessConfig())
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    folder = WORK / f"ct_{args.slices}x{args.size}"
+    paths = sorted(folder.glob("*.dcm")) if folder.exists() else []
+    if len(paths) != args.slices:
+        shutil.rmtree(folder, ignore_errors=True)
+        paths = write_ct_series(folder, args.slices, args.size)
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        out = Path(tmp)
+        (out / "iad").mkdir()
+        read_floor(paths)  # warm the page cache
+        timings = {
+            "floor (read bytes)": median_seconds(lambda: read_floor(paths), args.repeats),
+            "plain pydicom → .npy": median_seconds(lambda: plain_pydicom(paths, out), args.repeats),
+            "seed-style PNG export": median_seconds(lambda: seed_style(paths, out), max(1, args.repeats // 2)),
+            "iad cache_series": median_seconds(lambda: run_iad(folder, out), args.repeats),
+        }
+        tracemalloc.start()
+        run_iad(folder, out)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+    ours = timings["iad cache_series"]
+    floor = timings["floor (read bytes)"]
+    print(f"series: {args.slices} slices of {args.size}x{args.size} int16 CT, uncompressed; median of {args.repeats}")
+    print(f"{'method':<24}{'seconds':>10}{'vs iad':>10}")
+    for name, seconds in timings.items():
+        print(f"{name:<24}{seconds:>10.4f}{seconds / ours:>9.2f}x")
+    volume_bytes = args.slices * args.size * args.size
+    print(f"iad is {timings['seed-style PNG export'] / ours:.1f}x faster than the seed-style export (target >= 10x)")
+    print(f"iad is {ours / floor:.1f}x the read floor (target <= 10x)")
+    print(f"iad peak heap {peak / 2**20:.1f} MiB = {peak / volume_bytes:.2f}x the cached uint8 volume "
+          f"({volume_bytes / 2**20:.0f} MiB; target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
