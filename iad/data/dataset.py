@@ -1,0 +1,97 @@
+"""Torch dataset of 2.5D slice samples drawn from cached volumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from iad.data.crops import center_crop
+from iad.data.inputs import SliceInput
+from iad.data.masks import box_mask, sphere_mask
+from iad.data.slices import SERIES_COL, SLICE_COL
+from iad.labels import FLIP_PERM
+
+FLIP_NAMES = frozenset({"HorizontalFlip"})
+MAX_OPEN_VOLUMES = 512
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Segmentation targets: boxes where drawn, else disks/Gaussians of `radius_mm` around localizers."""
+
+    radius_mm: float = 4.0
+    kind: str = "disk"
+
+
+class SliceDataset(Dataset):
+    """Samples (series row, slice) → {"image" (C×H×W uint8), "target", "series"[, "mask"]}.
+
+    `volume_of(uid)` returns the cached Z×H×W uint8 volume (memory-mapped). A horizontal flip in the
+    albumentations `transform` (built with `save_applied_params=True`) swaps left/right labels.
+    """
+
+    def __init__(self, series: pd.DataFrame, items: pd.DataFrame, labels: np.ndarray,
+                 volume_of: Callable[[str], np.ndarray], slice_input: SliceInput,
+                 crop_boxes: list[tuple[float, float, float, float]], center_crop_ratio: float = 1.0,
+                 transform=None, masks: MaskSpec | None = None, localizer_points: dict | None = None,
+                 box_pixels_by_slice: dict | None = None, spacings: list | None = None):
+        self.uids = series["SeriesInstanceUID"].tolist()
+        self.rows = items[SERIES_COL].to_numpy(np.int64)
+        self.slices = items[SLICE_COL].to_numpy(np.int64)
+        self.labels = labels
+        self.volume_of = volume_of
+        self.input = slice_input
+        self.boxes = [center_crop(box, center_crop_ratio) for box in crop_boxes]
+        self.transform = transform
+        self.masks = masks
+        self.points = localizer_points or {}
+        self.drawn_boxes = box_pixels_by_slice or {}
+        self.spacings = spacings
+        self._open: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def volume(self, row: int) -> np.ndarray:
+        uid = self.uids[row]
+        if uid not in self._open:
+            if len(self._open) >= MAX_OPEN_VOLUMES:
+                self._open.clear()
+            self._open[uid] = self.volume_of(uid)
+        return self._open[uid]
+
+    def mask(self, row: int, z: int, height: int, width: int) -> np.ndarray:
+        drawn = self.drawn_boxes.get((row, z))
+        if drawn is not None:
+            return box_mask(drawn, height, width)
+        points = self.points.get(row)
+        if points is None:
+            return np.zeros((height, width), dtype=np.float32)
+        return sphere_mask(points, z, height, width, self.spacings[row], self.masks.radius_mm, self.masks.kind)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row, z = int(self.rows[index]), int(self.slices[index])
+        volume = self.volume(row)
+        if self.masks is None:
+            image, mask = self.input.image(volume, z, self.boxes[row]), None
+        else:
+            image, mask = self.input.image(volume, z, self.boxes[row], self.mask(row, z, *volume.shape[1:]))
+        target = self.labels[row]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask", mask)
+            if any(name in FLIP_NAMES for name, _ in out.get("applied_transforms", ())):
+                target = target[list(FLIP_PERM)]
+        sample = {
+            "image": self.input.to_tensor(image),
+            "target": torch.tensor(target, dtype=torch.float32),
+            "series": torch.as_tensor(row, dtype=torch.long),
+        }
+        if mask is not None:
+            sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        return sample

@@ -1,0 +1,223 @@
+"""RSNASliceDataModule: competition-layout series → cached volumes → 2.5D slice batches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from iad.boxes import map_boxes, read_aneurysm_boxes
+from iad.data.crops import FULL_BOX, head_box, read_crop_table
+from iad.data.dataset import MaskSpec, SliceDataset
+from iad.data.inputs import SliceInput
+from iad.data.samplers import NegativeSubsampler
+from iad.data.slices import SERIES_COL, eval_items, holdout_split, series_labels, train_items
+from iad.folds import make_folds, read_folds, write_folds
+from iad.labels import MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
+from iad.preprocessing import DatasetSource, PreprocessConfig, SeriesCache, prepare_dataset
+
+log = logging.getLogger(__name__)
+
+
+class RSNASliceDataModule(pl.LightningDataModule):
+    """2.5D slice samples of one fold of a competition-layout dataset.
+
+    fold: validation fold (an int), or None to train on every series (keeping `holdout_series`
+        series, stratified by modality and presence, to monitor).
+    positive_window: slices either side of a localizer used from positive series when the series
+        has no drawn boxes (boxes, when `use_boxes` and the dataset has them, take precedence).
+    negative_fraction: share of negative slices drawn afresh each epoch.
+    val_stride: every n-th slice of a validation series is scored.
+    crop_table: CSV of per-series normalised crop boxes (from the brain detector); without it a
+        head box found on the mean-over-slices image is used when `head_crop`.
+    val_center_crop: centred crop ratio applied after the series box at validation (0.75 in the
+        reference's test-time setting).
+    masks: segmentation targets for models that ask for them (None for classifiers).
+    """
+
+    def __init__(self, dataset: DatasetSource, preprocess: PreprocessConfig, cache_dir: str,
+                 input: SliceInput, fold: int | None = 0, holdout_series: int = 0, seed: int = 42,
+                 positive_window: int = 2, negative_fraction: float = 1.0, val_stride: int = 1,
+                 head_crop: bool = True, crop_table: str | None = None, val_center_crop: float = 1.0,
+                 train_transform=None, masks: MaskSpec | dict | None = None, use_boxes: bool = True,
+                 batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
+                 pin_memory: bool = False, prepare_workers: int = 0, series_limit: int | None = None):
+        super().__init__()
+        self.source = dataset
+        self.preprocess = preprocess
+        self.cache_dir = cache_dir
+        self.input = input
+        self.fold = fold
+        self.holdout_series = holdout_series
+        self.seed = seed
+        self.positive_window = positive_window
+        self.negative_fraction = negative_fraction
+        self.val_stride = val_stride
+        self.head_crop = head_crop
+        self.crop_table = crop_table
+        self.val_center_crop = val_center_crop
+        self.train_transform = train_transform
+        self.masks = MaskSpec(**masks) if isinstance(masks, dict) else masks
+        self.use_boxes = use_boxes
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.prepare_workers = prepare_workers
+        self.series_limit = series_limit
+        self.series: pd.DataFrame | None = None
+
+    # ---- preparation -------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        _, report = prepare_dataset(self.source, self.cache_dir, self.preprocess, workers=self.prepare_workers)
+        if report.failed:
+            log.warning("%d series could not be cached and are left out: %s", len(report.failed),
+                        ", ".join(sorted(report.failed)[:5]))
+
+    @property
+    def cache(self) -> SeriesCache:
+        return SeriesCache(self.cache_dir, self.preprocess)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.series is not None:
+            return
+        cache = self.cache
+        series = self._series_with_folds()
+        cached = series[UID_COL].map(cache.has)
+        if not cached.all():
+            log.warning("%d series are not in the cache and are left out", int((~cached).sum()))
+        series = series[cached].reset_index(drop=True)
+        if self.series_limit:
+            series = series.groupby("fold", group_keys=False).head(self.series_limit).reset_index(drop=True)
+        metas = [cache.meta(uid) for uid in series[UID_COL]]
+        series["n_slices"] = [m.shape[0] for m in metas]
+        self.spacings = [tuple(m.spacing) for m in metas]
+        self.crop_boxes = self._crop_boxes(series, cache)
+        geometry = {m.series_uid: m.geometry for m in metas}
+        self.localizers = self._localizers(series, geometry)
+        self.boxes = self._drawn_boxes(series, geometry)
+        self.series = series
+        self.labels = series_labels(series)
+        self._split()
+
+    def _series_with_folds(self) -> pd.DataFrame:
+        labels = read_series_labels(self.source.train_csv)
+        folds_path = Path(self.source.folds_csv)
+        if folds_path.exists():
+            folds = read_folds(folds_path)
+        else:
+            log.info("no fold file at %s: writing multilabel-stratified folds (seed %d)", folds_path, self.seed)
+            folds = make_folds(labels, n_folds=5, seed=self.seed)
+            write_folds(folds, folds_path)
+        merged = labels.merge(folds, on=UID_COL, how="left")
+        if merged["fold"].isna().any() and self.fold is not None:
+            missing = merged.loc[merged["fold"].isna(), UID_COL].head(3).tolist()
+            raise ValueError(f"fold file {folds_path} lacks {int(merged['fold'].isna().sum())} series, e.g. {missing}")
+        merged["fold"] = merged["fold"].fillna(-1).astype(int)
+        return merged
+
+    def _crop_boxes(self, series: pd.DataFrame, cache: SeriesCache) -> list:
+        table = read_crop_table(self.crop_table) if self.crop_table else {}
+        boxes = []
+        for uid in series[UID_COL]:
+            if uid in table:
+                boxes.append(table[uid])
+            elif self.head_crop:
+                boxes.append(head_box(cache.mean_image(uid)))
+            else:
+                boxes.append(FULL_BOX)
+        return boxes
+
+    def _localizers(self, series: pd.DataFrame, geometry: dict) -> pd.DataFrame:
+        path = Path(self.source.localizers_csv)
+        if not path.exists():
+            return pd.DataFrame(columns=[UID_COL, "slice_index", "x", "y", "label_index"])
+        mapping = map_localizers(read_localizers(path), geometry)
+        if len(mapping.missing):
+            log.warning("%d localizers could not be placed in the cache (e.g. %s)", len(mapping.missing),
+                        mapping.missing["reason"].iloc[0])
+        return mapping.mapped
+
+    def _drawn_boxes(self, series: pd.DataFrame, geometry: dict) -> pd.DataFrame | None:
+        if not (self.use_boxes and self.source.boxes and Path(self.source.boxes).exists()):
+            return None
+        boxes = read_aneurysm_boxes(self.source.boxes)
+        return map_boxes(boxes[boxes[UID_COL].isin(series[UID_COL])], geometry).mapped
+
+    def _split(self) -> None:
+        series = self.series
+        if self.fold is None:
+            train_rows, val_rows = holdout_split(series, self.holdout_series, self.seed)
+        else:
+            if self.fold not in set(series["fold"]):
+                raise ValueError(f"fold {self.fold} not in the fold file (folds: {sorted(set(series['fold']))})")
+            train_rows = np.flatnonzero(series["fold"].to_numpy() != self.fold)
+            val_rows = np.flatnonzero(series["fold"].to_numpy() == self.fold)
+        train = train_items(series.iloc[train_rows], self.localizers, self.boxes, self.positive_window)
+        train[SERIES_COL] = train_rows[train[SERIES_COL].to_numpy()]
+        if train.attrs.get("dropped_positive"):
+            log.warning("%d positive training series have no localizer/box and give no slice",
+                        train.attrs["dropped_positive"])
+        val = eval_items(series.iloc[val_rows], self.val_stride)
+        val[SERIES_COL] = val_rows[val[SERIES_COL].to_numpy()]
+        self.train_items, self.val_items = train, val
+        self.train_rows, self.val_rows = train_rows, val_rows
+
+    # ---- datasets ----------------------------------------------------------------------------
+    def _dataset(self, items: pd.DataFrame, train: bool) -> SliceDataset:
+        points = {row: grp[["slice_index", "x", "y"]].to_numpy(float)
+                  for row, grp in self._localizers_by_row().items()} if self.masks else None
+        drawn = self._boxes_by_slice() if self.masks else None
+        return SliceDataset(
+            self.series, items, self.labels, self.cache.volume, self.input, self.crop_boxes,
+            center_crop_ratio=1.0 if train else self.val_center_crop,
+            transform=self.train_transform if train else None,
+            masks=self.masks, localizer_points=points, box_pixels_by_slice=drawn, spacings=self.spacings,
+        )
+
+    def _localizers_by_row(self) -> dict[int, pd.DataFrame]:
+        row_of = {uid: row for row, uid in enumerate(self.series[UID_COL])}
+        located = self.localizers[self.localizers[UID_COL].isin(row_of)]
+        return {row_of[uid]: grp for uid, grp in located.groupby(UID_COL)}
+
+    def _boxes_by_slice(self) -> dict[tuple[int, int], np.ndarray]:
+        if self.boxes is None or not len(self.boxes):
+            return {}
+        row_of = {uid: row for row, uid in enumerate(self.series[UID_COL])}
+        return {(row_of[uid], int(z)): grp[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float)
+                for (uid, z), grp in self.boxes.groupby([UID_COL, "slice_index"])}
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset(self.train_items, train=True)
+        sampler = NegativeSubsampler(self.train_items["positive"].to_numpy(), self.negative_fraction, self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset(self.val_items, train=False), batch_size=self.eval_batch_size,
+                          shuffle=False, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Normalise uint8 images on the device (cheaper than float samples through the loader)."""
+        return {**batch, "image": self.input.normalize(batch["image"])}
+
+    # ---- what the rest of the pipeline reads -------------------------------------------------
+    def series_info(self, rows) -> pd.DataFrame:
+        """SeriesInstanceUID, fold, Modality and the 14 true labels of the given series rows."""
+        from iad.labels import LABEL_COLS
+
+        return self.series.iloc[np.asarray(rows)][[UID_COL, "fold", MODALITY_COL, *LABEL_COLS]].reset_index(drop=True)
+
+    def describe(self) -> dict:
+        """Settings inference needs to rebuild this input (stored in checkpoints)."""
+        return {"preprocess": self.preprocess.to_dict(), "input": self.input.describe(),
+                "val_center_crop": self.val_center_crop, "head_crop": self.head_crop,
+                "masks": asdict(self.masks) if self.masks else None,
+                "label_prevalence": self.labels[self.train_rows].mean(axis=0).round(6).tolist()}

@@ -1,0 +1,114 @@
+"""Merge a sweep's fold runs into `<sweep>/oof.csv` and `<sweep>/cv.json`.
+
+Runs automatically when a `python train.py -m ... data.fold=0,1,2,3,4` sweep ends (Hydra callback),
+and alone: `python -m iad.evaluation.cv <sweep dir>` rebuilds both from whatever folds exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+import pandas as pd
+
+from iad.evaluation.oof import read_oof, score_oof
+from iad.labels import LABEL_COLS
+from iad.utils.io import write_csv_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+OOF_FILE = "oof.csv"
+CV_FILE = "cv.json"
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.txt"
+FOLD_GLOB = "fold_*"
+
+
+def fold_runs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.glob(FOLD_GLOB) if p.is_dir())
+
+
+def merge_sweep(sweep_dir: str | Path) -> dict:
+    """Concatenate every fold's OOF file, score it, write oof.csv and cv.json; returns the report."""
+    sweep_dir = Path(sweep_dir)
+    frames, folds = [], {}
+    for run in fold_runs(sweep_dir):
+        status = {"complete": (run / RESULT_FILE).exists(), "failed": (run / ERROR_FILE).exists()}
+        if (run / OOF_FILE).exists():
+            frame = read_oof(run / OOF_FILE)
+            frames.append(frame)
+            status.update(n_series=len(frame), weighted_auc=score_oof(frame)["weighted_auc"])
+        folds[run.name] = status
+    if not frames:
+        raise FileNotFoundError(f"no fold OOF file under {sweep_dir}/{FOLD_GLOB}/{OOF_FILE}")
+    oof = pd.concat(frames, ignore_index=True)
+    duplicated = oof["SeriesInstanceUID"].duplicated()
+    if duplicated.any():
+        raise ValueError(f"{sweep_dir}: {int(duplicated.sum())} series appear in more than one fold's OOF file")
+    report = score_oof(oof)
+    report["folds"] = folds
+    write_csv_atomic(oof, sweep_dir / OOF_FILE, index=False)
+    write_json_atomic(report, sweep_dir / CV_FILE)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Plain-text CV table: per fold, per modality, per label."""
+    fmt = lambda v: "  nan " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    lines = [f"{'':<44}{'weighted AUC':>14}{'series':>8}"]
+    for name, fold in report["folds"].items():
+        flag = "" if fold.get("complete") else ("  (failed)" if fold.get("failed") else "  (incomplete)")
+        lines.append(f"{name:<44}{fmt(fold.get('weighted_auc')):>14}{fold.get('n_series', 0):>8}{flag}")
+    lines.append(f"{'all folds (OOF)':<44}{fmt(report['weighted_auc']):>14}{report['n_series']:>8}")
+    for group, sub in report.get("by_group", {}).items():
+        lines.append(f"  {group:<42}{fmt(sub['weighted_auc']):>14}{sub['n_series']:>8}")
+    lines.append("per label:")
+    for label in LABEL_COLS:
+        lines.append(f"  {label:<42}{fmt(report['per_label'][label]):>14}")
+    return "\n".join(lines)
+
+
+class MergeFoldsCallback(Callback):
+    """Hydra callback: merge a sweep's folds after every fold, and print the CV table at the end.
+
+    Merging after each job keeps oof.csv / cv.json current even when a later fold fails (Hydra's
+    sweeper then raises before `on_multirun_end`, so the process exits non-zero).
+    """
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        try:
+            merge_sweep(config.hydra.sweep.dir)
+        except FileNotFoundError:
+            pass  # no fold has an OOF file yet
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            report = merge_sweep(sweep_dir)
+        except FileNotFoundError as err:
+            log.error("sweep merge: %s", err)
+            raise SystemExit(1) from err
+        print(f"\nCV of {sweep_dir}:\n{format_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
+        failed = [name for name, fold in report["folds"].items() if fold.get("failed") and not fold.get("complete")]
+        if failed:
+            log.error("folds failed: %s (see %s in each)", ", ".join(failed), ERROR_FILE)
+            raise SystemExit(1)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Rebuild a sweep's oof.csv and cv.json from its fold runs.")
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    report = merge_sweep(args.sweep_dir)
+    print(format_report(report))
+
+
+if __name__ == "__main__":
+    main()

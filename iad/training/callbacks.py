@@ -1,0 +1,102 @@
+"""Lightning callbacks that make a run's outputs: config in checkpoints, the OOF file, W&B extras."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
+
+from iad.evaluation.cv import OOF_FILE
+from iad.evaluation.oof import TRUE_COLS, make_oof
+from iad.labels import LABEL_COLS
+from iad.models.base import MONITOR
+from iad.utils.io import write_csv_atomic
+
+log = logging.getLogger(__name__)
+
+
+class StoreRunConfig(pl.Callback):
+    """Put the resolved run config into every checkpoint, so inference never re-types a setting."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["iad_config"] = self.config
+        datamodule = trainer.datamodule
+        if hasattr(datamodule, "describe"):
+            checkpoint["iad_data"] = datamodule.describe()
+
+
+class OOFWriter(pl.Callback):
+    """Write `<run>/oof.csv` from the best validation epoch (the one ModelCheckpoint keeps as best)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / OOF_FILE
+        self.best = -math.inf
+        self.best_epoch = -1
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        outputs = getattr(pl_module, "val_outputs", None)
+        if trainer.sanity_checking or outputs is None or trainer.fast_dev_run:
+            return
+        score = float(trainer.callback_metrics.get(MONITOR, float("nan")))
+        if not score > self.best:
+            return
+        self.best, self.best_epoch = score, trainer.current_epoch
+        oof = make_oof(trainer.datamodule.series_info(outputs["series"]), outputs["preds"])
+        if trainer.is_global_zero:
+            write_csv_atomic(oof, self.path, index=False)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best", -math.inf)
+        self.best_epoch = state_dict.get("best_epoch", -1)
+
+
+class WandbReport(pl.Callback):
+    """At the end of a run, log to W&B: the OOF table, per-label ROC curves and a few input samples."""
+
+    def __init__(self, run_dir: str | Path, n_samples: int = 8):
+        self.oof_path = Path(run_dir) / OOF_FILE
+        self.n_samples = n_samples
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        import pandas as pd
+        import wandb
+
+        run = loggers[0].experiment
+        if self.oof_path.exists():
+            oof = pd.read_csv(self.oof_path)
+            run.log({"oof/table": wandb.Table(dataframe=oof)})
+            for label, true in zip(LABEL_COLS, TRUE_COLS):
+                if oof[true].nunique() == 2:
+                    probs = np.stack([1 - oof[label], oof[label]], axis=1)
+                    run.log({f"oof_roc/{label}": wandb.plot.roc_curve(oof[true].to_numpy(), probs, labels=["no", "yes"],
+                                                                      classes_to_plot=[1], title=label)})
+        self._log_samples(run, trainer, wandb)
+
+    def _log_samples(self, run, trainer, wandb) -> None:
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "train_dataloader"):
+            return
+        dataset = datamodule.train_dataloader().dataset
+        if len(dataset) == 0:
+            return
+        picks = np.linspace(0, len(dataset) - 1, num=min(self.n_samples, len(dataset))).astype(int)
+        images = []
+        for i in picks:
+            sample = dataset[int(i)]
+            image = sample["image"].numpy().astype(np.float32) / 255.0
+            present = [c for c, v in zip(LABEL_COLS, sample["target"].tolist()) if v > 0.5]
+            images.append(wandb.Image(np.moveaxis(image, 0, -1), caption=", ".join(present) or "negative"))
+        run.log({"samples/train": images})

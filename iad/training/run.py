@@ -1,0 +1,130 @@
+"""One fold run: instantiate the config groups, fit, keep checkpoints and the OOF file; resumable."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+import shutil
+import traceback
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from iad.evaluation.cv import ERROR_FILE, OOF_FILE, RESULT_FILE
+from iad.utils.config import fold_name
+from iad.utils.io import atomic_write, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_CKPT = "best.ckpt"
+LAST_CKPT = "last.ckpt"
+RUN_OUTPUTS = (CHECKPOINT_DIR, OOF_FILE, RESULT_FILE, ERROR_FILE, "csv", "wandb")
+
+
+def _clear_run(run_dir: Path) -> None:
+    for name in RUN_OUTPUTS:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _build_callbacks(cfg: DictConfig, run_dir: Path, has_validation: bool) -> list:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from iad.models.base import MONITOR
+    from iad.training.callbacks import OOFWriter, StoreRunConfig, WandbReport
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += [
+        StoreRunConfig(OmegaConf.to_container(cfg, resolve=True)),
+        OOFWriter(run_dir),
+        WandbReport(run_dir),
+        ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename=Path(BEST_CKPT).stem,
+                        monitor=MONITOR if has_validation else None, mode="max", save_top_k=1,
+                        save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+    ]
+    return callbacks
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train one fold (or the full data) as configured; returns the run's result record.
+
+    A run whose result.json exists is skipped (set `overwrite=true` to retrain); a run with a
+    last.ckpt resumes from it. Failures leave error.txt in the run folder and re-raise.
+    """
+    import pytorch_lightning as pl
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / RESULT_FILE
+    if cfg.get("overwrite"):
+        _clear_run(run_dir)
+    elif result_path.exists():
+        result = json.loads(result_path.read_text())
+        log.info("%s is finished (weighted AUC %s); skipping. Pass overwrite=true to retrain.", run_dir,
+                 result.get("weighted_auc"))
+        print(f"{fold_name(cfg.data.fold)}: already finished, weighted AUC {result.get('weighted_auc')}")
+        return result
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        return _fit(cfg, run_dir, pl)
+    except Exception:
+        with atomic_write(run_dir / ERROR_FILE) as fh:
+            fh.write(traceback.format_exc())
+        raise
+    finally:
+        _finish_wandb()
+
+
+def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    has_validation = cfg.data.fold is not None or cfg.data.get("holdout_series", 0) > 0
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    trainer = instantiate(cfg.trainer, callbacks=_build_callbacks(cfg, run_dir, has_validation),
+                          logger=loggers or False, default_root_dir=str(run_dir))
+    last = run_dir / CHECKPOINT_DIR / LAST_CKPT
+    resume = last if last.exists() and not trainer.fast_dev_run else None
+    resumed_from = None
+    if resume:
+        import torch
+
+        resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+        log.info("resuming %s from %s (epoch %d)", run_dir, resume, resumed_from)
+        print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    oof_writer = next(c for c in trainer.callbacks if c.__class__.__name__ == "OOFWriter")
+    result = {
+        "run_dir": str(run_dir),
+        "fold": cfg.data.fold,
+        "weighted_auc": oof_writer.best if oof_writer.best > float("-inf") else None,
+        "best_epoch": oof_writer.best_epoch,
+        "best_variant": model.best_variant,
+        "epochs": trainer.current_epoch,
+        "resumed_from_epoch": resumed_from,
+        "best_checkpoint": str(run_dir / CHECKPOINT_DIR / BEST_CKPT),
+    }
+    if trainer.fast_dev_run:
+        log.info("fast_dev_run: no result.json written")
+        return result
+    write_json_atomic(result, run_dir / RESULT_FILE)
+    score = result["weighted_auc"]
+    print(f"{fold_name(cfg.data.fold)}: validation weighted AUC "
+          f"{'n/a' if score is None else f'{score:.4f}'} ({result['best_variant']} weights, epoch {result['best_epoch']})")
+    return result
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next job of a multirun starts its own."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

@@ -1,0 +1,182 @@
+"""The training spine end to end: config composition, fast_dev_run, real multirun sweeps, resume, W&B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+from hydra import compose, initialize_config_dir
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from iad.evaluation import read_oof
+from iad.labels import LABEL_COLS
+from iad.utils.config import CONFIG_DIR
+from iad.utils.env import PROJECT_ROOT
+from tests.training_helpers import run_train, tiny_overrides
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+    assert cfg.name == experiment
+    assert cfg.data._target_.endswith("RSNASliceDataModule") and cfg.model._target_.startswith("iad.models")
+    assert cfg.model.optimizer._partial_ is True
+
+
+def test_reference_settings_in_real_experiments(tmp_path):
+    vit = compose_train(["experiment=exp2_vit_large_384", f"paths.output_dir={tmp_path}"])
+    assert vit.model.backbone == "vit_large_patch14_clip_336.openai_ft_in12k_in1k" and vit.model.pretrained
+    assert vit.data.input.img_size == 384 and vit.data.batch_size == 96
+    assert vit.model.optimizer._target_ == "torch.optim.Adam" and vit.model.optimizer.lr == 1e-5
+    assert "Cosine" in vit.model.scheduler._target_ and vit.trainer.max_epochs == 15
+    assert vit.model.mixup == {"prob": 0.5, "alpha": 0.5} and vit.model.ema_decay == 0.995
+    assert vit.trainer.precision == "bf16-mixed" and vit.dataset.name == "rsna"
+    eva_full = compose_train(["experiment=exp2_eva_large_384_full", f"paths.output_dir={tmp_path}"])
+    assert eva_full.model.backbone == "eva_large_patch14_336.in22k_ft_in22k_in1k"
+    assert eva_full.trainer.max_epochs == 10 and eva_full.data.fold is None and eva_full.data.holdout_series == 100
+    vit_full = compose_train(["experiment=exp2_vit_large_384_full", f"paths.output_dir={tmp_path}"])
+    assert vit_full.trainer.max_epochs == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["exp2_vit_large_384", "exp2_eva_large_384"])
+def test_real_models_construct_offline(experiment, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_train([f"experiment={experiment}", "model.pretrained=false", f"paths.output_dir={tmp_path}"])
+    model = instantiate(cfg.model)
+    with torch.no_grad():
+        out = model.net(torch.zeros(1, 3, 384, 384))
+    assert out.shape == (1, len(LABEL_COLS))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+def test_fast_dev_run(workspace):
+    out = run_train([*tiny_overrides(workspace / "data", workspace / "logs"), "debug=fast_dev_run", "name=fdr"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = workspace / "logs" / "train" / "runs" / "fdr" / "fold_0"
+    assert run_dir.is_dir() and not (run_dir / "result.json").exists()  # a debug run is not a result
+
+
+@pytest.fixture(scope="module")
+def sweep(workspace) -> tuple[Path, subprocess.CompletedProcess]:
+    args = ["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,1", "name=sweep2"]
+    out = run_train(args)
+    return workspace / "logs" / "train" / "sweeps" / "sweep2", out
+
+
+def test_two_fold_multirun_outputs(sweep):
+    sweep_dir, out = sweep
+    assert out.returncode == 0, out.stderr[-3000:]
+    for fold in (0, 1):
+        run = sweep_dir / f"fold_{fold}"
+        assert (run / "checkpoints" / "best.ckpt").exists() and (run / "checkpoints" / "last.ckpt").exists()
+        oof = read_oof(run / "oof.csv")
+        assert set(oof["fold"]) == {fold}
+        assert ((oof[list(LABEL_COLS)] >= 0) & (oof[list(LABEL_COLS)] <= 1)).all().all()
+        assert json.loads((run / "result.json").read_text())["fold"] == fold
+        assert (run / ".hydra" / "config.yaml").exists()
+    merged = read_oof(sweep_dir / "oof.csv")
+    per_fold = pd.concat([read_oof(sweep_dir / f"fold_{k}" / "oof.csv") for k in (0, 1)])
+    assert sorted(merged["SeriesInstanceUID"]) == sorted(per_fold["SeriesInstanceUID"])
+    cv = json.loads((sweep_dir / "cv.json").read_text())
+    assert set(cv["folds"]) == {"fold_0", "fold_1"} and set(cv["per_label"]) == set(LABEL_COLS)
+    assert set(cv["by_group"]) <= {"CTA", "MRA", "MRI T2", "MRI T1post"}
+    assert "all folds (OOF)" in out.stdout
+
+
+def test_checkpoint_records_what_inference_needs(sweep):
+    sweep_dir, _ = sweep
+    ckpt = torch.load(sweep_dir / "fold_0" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["iad_label_cols"] == list(LABEL_COLS)
+    assert ckpt["iad_best_variant"] in ("raw", "ema")
+    assert ckpt["iad_config"]["data"]["input"]["img_size"] == 32
+    data = ckpt["iad_data"]
+    assert data["input"]["offsets"] == [-1, 0, 1] and data["preprocess"]["ct_window"] == [40.0, 450.0]
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+
+
+def test_rerun_skips_finished_folds(sweep, workspace):
+    sweep_dir, _ = sweep
+    before = (sweep_dir / "fold_0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    out = run_train(["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,1", "name=sweep2"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("already finished") == 2
+    assert (sweep_dir / "fold_0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
+
+
+def test_cv_rebuild_command(sweep):
+    sweep_dir, _ = sweep
+    (sweep_dir / "cv.json").unlink()
+    out = subprocess.run([sys.executable, "-m", "iad.evaluation.cv", str(sweep_dir)], capture_output=True, text=True,
+                         cwd=PROJECT_ROOT)
+    assert out.returncode == 0, out.stderr
+    assert (sweep_dir / "cv.json").exists() and "fold_1" in out.stdout
+
+
+def test_interrupted_fold_resumes_from_last_checkpoint(workspace):
+    args = [*tiny_overrides(workspace / "data", workspace / "logs"), "name=resume", "trainer.max_epochs=3"]
+    run_dir = workspace / "logs" / "train" / "runs" / "resume" / "fold_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**__import__("os").environ, "IAD_OFFLINE": "1"})
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (run_dir / "result.json").exists(), "the run was not interrupted mid-way"
+    out = run_train(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from" in out.stdout
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from_epoch"] is not None and result["epochs"] == 3
+
+
+def test_failing_fold_keeps_the_others(workspace):
+    out = run_train(["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,9", "name=partial"])
+    sweep_dir = workspace / "logs" / "train" / "sweeps" / "partial"
+    assert out.returncode != 0
+    assert (sweep_dir / "fold_9" / "error.txt").read_text().count("fold 9 not in the fold file") == 1
+    assert (sweep_dir / "fold_0" / "result.json").exists()
+    merged = read_oof(sweep_dir / "oof.csv")
+    assert set(merged["fold"]) == {0}
+    assert json.loads((sweep_dir / "cv.json").read_text())["folds"]["fold_9"]["failed"] is True
+
+
+def test_wandb_offline_run_files(workspace):
+    out = run_train([*tiny_overrides(workspace / "data", workspace / "logs"), "logger=wandb", "name=wb"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = workspace / "logs" / "train" / "runs" / "wb" / "fold_0"
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")) and (runs[0] / "files").is_dir()
+    data = (next(runs[0].glob("run-*.wandb"))).read_bytes()
+    assert b"val/weighted_auc" in data and b"oof/table" in data
+
+
+def test_full_data_training_writes_checkpoints(workspace):
+    out = run_train([*tiny_overrides(workspace / "data", workspace / "logs"), "name=full", "data.fold=null"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = workspace / "logs" / "train" / "runs" / "full" / "full"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "checkpoints" / "best.ckpt").exists()
+    assert json.loads((run_dir / "result.json").read_text())["weighted_auc"] is None
