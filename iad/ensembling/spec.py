@@ -1,0 +1,131 @@
+"""The ensemble spec: the JSON file a predictor loads to know which models to run and how to blend them.
+
+    {"format": "iad-ensemble/1",
+     "label_cols": [the 14 labels, in LABEL_COLS order],
+     "members": [{"name": str, "path": sweep/run dir holding the checkpoints (a relative path
+                  resolves against the spec's folder, as in a self-contained bundle),
+                  "weight": float >= 0, "hflip_tta": bool, "center_crop": float in (0, 1]}, ...],
+     "blend": "mean",
+     "oof": {"n_series", "weighted_auc", "per_label", "by_group"},
+     "nested_cv": {...}}                       # only when the weights were optimised
+
+Member weights sum to 1 and the blend is always their weighted mean of probabilities: a rank blend
+needs the whole population of series, and a predictor sees one series at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import json
+import math
+from numbers import Real
+import os
+from pathlib import Path
+
+from iad.labels import LABEL_COLS
+from iad.utils.io import write_json_atomic
+
+SPEC_FORMAT = "iad-ensemble/1"
+SPEC_BLEND = "mean"
+WEIGHT_SUM_TOLERANCE = 1e-6
+MEMBER_KEYS = ("name", "path", "weight", "hflip_tta", "center_crop")
+_REQUIRED_KEYS = ("format", "label_cols", "members", "blend")
+
+
+def make_spec(members: list[Mapping], oof: Mapping, nested_cv: Mapping | None = None) -> dict:
+    """A validated spec from member entries (MEMBER_KEYS), the blend's OOF report and the nested-CV report."""
+    spec = {
+        "format": SPEC_FORMAT,
+        "label_cols": list(LABEL_COLS),
+        "members": [{key: member[key] for key in MEMBER_KEYS} for member in members],
+        "blend": SPEC_BLEND,
+        "oof": dict(oof),
+    }
+    if nested_cv is not None:
+        spec["nested_cv"] = dict(nested_cv)
+    return validate_spec(spec)
+
+
+def write_spec(spec: Mapping, path: str | os.PathLike) -> None:
+    """Validate `spec` and write it as JSON atomically."""
+    write_json_atomic(validate_spec(spec, source=str(path)), path)
+
+
+def read_spec(path: str | os.PathLike) -> dict:
+    """Read and validate a spec file (ValueError naming the file and the problem)."""
+    with open(path, encoding="utf-8") as handle:
+        return validate_spec(json.load(handle), source=str(path))
+
+
+class SpecError(ValueError):
+    """An invalid ensemble spec; the message names the file (or `<spec>`) and the problem."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(f"ensemble spec {source}: {problem}")
+
+
+def validate_spec(spec: Mapping, source: str = "<spec>") -> dict:
+    """Check a spec's format, labels, members and weights (SpecError otherwise); returns it as a dict."""
+    if not isinstance(spec, Mapping):
+        raise SpecError(source, f"expected a JSON object, got {type(spec).__name__}")
+    missing = [key for key in _REQUIRED_KEYS if key not in spec]
+    if missing:
+        raise SpecError(source, f"missing key(s) {missing}")
+    if spec["format"] != SPEC_FORMAT:
+        raise SpecError(source, f"format {spec['format']!r}, expected {SPEC_FORMAT!r}")
+    _check_labels(spec["label_cols"], source)
+    if spec["blend"] != SPEC_BLEND:
+        raise SpecError(source, f"blend {spec['blend']!r}: a predictor sees one series at a time, only {SPEC_BLEND!r} works")
+    members = spec["members"]
+    if not isinstance(members, list) or not members:
+        raise SpecError(source, "members must be a non-empty list")
+    for member in members:
+        _check_member(member, source)
+    names = [member["name"] for member in members]
+    if len(set(names)) != len(names):
+        raise SpecError(source, f"duplicate member names in {names}")
+    total = math.fsum(member["weight"] for member in members)
+    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+        raise SpecError(source, f"member weights sum to {total:.8g}, expected 1 (within {WEIGHT_SUM_TOLERANCE:g})")
+    return dict(spec)
+
+
+def _check_labels(label_cols, source: str) -> None:
+    if not isinstance(label_cols, list):
+        raise SpecError(source, "label_cols must be a list")
+    unknown = [label for label in label_cols if label not in LABEL_COLS]
+    if unknown:
+        raise SpecError(source, f"unknown label(s) {unknown}")
+    if label_cols != list(LABEL_COLS):
+        raise SpecError(source, f"label_cols must be the {len(LABEL_COLS)} labels in LABEL_COLS order, got {label_cols}")
+
+
+def _check_member(member, source) -> None:
+    if not isinstance(member, Mapping):
+        raise SpecError(source, f"member {member!r} is not an object")
+    missing = [key for key in MEMBER_KEYS if key not in member]
+    if missing:
+        raise SpecError(source, f"member {member.get('name', member)!r}: missing key(s) {missing}")
+    name, weight = member["name"], member["weight"]
+    if not isinstance(name, str) or not name:
+        raise SpecError(source, f"member name {name!r} must be a non-empty string")
+    if not isinstance(member["path"], str) or not member["path"]:
+        raise SpecError(source, f"member {name!r}: path {member['path']!r} must be a non-empty string")
+    if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
+        raise SpecError(source, f"member {name!r}: weight {weight!r} must be a finite number >= 0")
+    problem = tta_settings_problem(member["hflip_tta"], member["center_crop"])
+    if problem:
+        raise SpecError(source, f"member {name!r}: {problem}")
+
+
+def tta_settings_problem(hflip_tta, center_crop) -> str | None:
+    """Why a member's test-time settings are invalid, or None when they are valid."""
+    if not isinstance(hflip_tta, bool):
+        return f"hflip_tta {hflip_tta!r} must be true or false"
+    if not _is_number(center_crop) or not 0 < center_crop <= 1:
+        return f"center_crop {center_crop!r} must be a number in (0, 1] (1: no crop)"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
