@@ -1,0 +1,207 @@
+"""Predictor: series folder → 14 probabilities, from one run, a sweep (fold average) or an ensemble."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import logging
+from pathlib import Path
+import time
+
+import numpy as np
+import torch
+
+from iad.data.crops import FULL_BOX, center_crop, head_box
+from iad.dicom import scan_series
+from iad.inference.models import LoadedModel, checkpoints_in, load_model
+from iad.labels import FLIP_PERM, LABEL_COLS
+from iad.models.metric import aggregate_series
+from iad.preprocessing.cache import read_stored
+from iad.preprocessing.normalize import PreprocessConfig, mean_over_slices, normalise_slices
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILE = "bundle.json"
+TIMING_STAGES = ("read", "preprocess", "model", "aggregate")
+
+
+class SeriesTimeout(TimeoutError):
+    """The per-series time budget ran out."""
+
+
+@dataclass
+class Member:
+    """One ensemble member: its fold models (averaged) and its test-time settings."""
+
+    name: str
+    weight: float
+    models: list[LoadedModel]
+    hflip: bool = False
+    center_crop: float | None = None  # None: the ratio the models were validated with
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage for one series."""
+
+    read: float = 0.0
+    preprocess: float = 0.0
+    model: float = 0.0
+    aggregate: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {f"{stage}_s": round(getattr(self, stage), 4) for stage in TIMING_STAGES}
+
+
+@dataclass
+class Prediction:
+    """Probabilities for one series, how long each stage took, and why it fell back if it did."""
+
+    probabilities: dict[str, float]
+    timings: Timings = field(default_factory=Timings)
+    fallback_reason: str | None = None
+
+
+class Predictor:
+    """Loads models once; `predict(series_dir)` reads, normalises, crops, batches, aggregates, blends."""
+
+    def __init__(self, members: list[Member], batch_size: int = 64, device: str = "cpu",
+                 time_budget_s: float | None = None):
+        total = sum(m.weight for m in members)
+        if not members or total <= 0:
+            raise ValueError("a predictor needs at least one member with positive weight")
+        self.members = [Member(m.name, m.weight / total, m.models, m.hflip, m.center_crop) for m in members]
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.time_budget_s = time_budget_s
+        self.prevalence = np.mean([model.label_prevalence for m in self.members for model in m.models], axis=0)
+
+    # ---- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 64, hflip: bool | None = None,
+             center_crop: float | None = None, time_budget_s: float | None = None) -> Predictor:
+        """From an ensemble spec (.json), a bundle folder, a sweep folder, a run folder or a checkpoint.
+
+        `hflip` / `center_crop` override every member's test-time settings when given.
+        """
+        path = Path(path)
+        if path.is_dir() and (path / BUNDLE_FILE).exists():
+            members = _members_from_spec(path / BUNDLE_FILE, device)
+        elif path.suffix == ".json":
+            members = _members_from_spec(path, device)
+        else:
+            members = [Member(path.name, 1.0, [load_model(p, device) for p in checkpoints_in(path)])]
+        for member in members:
+            member.hflip = member.hflip if hflip is None else hflip
+            member.center_crop = member.center_crop if center_crop is None else center_crop
+        return cls(members, batch_size=batch_size, device=device, time_budget_s=time_budget_s)
+
+    # ---- prediction --------------------------------------------------------------------------
+    def predict(self, series_dir: str | Path) -> dict[str, float]:
+        """The 14 probabilities of one series folder (raises on unreadable input)."""
+        return self.predict_with_timings(series_dir).probabilities
+
+    def predict_safe(self, series_dir: str | Path) -> Prediction:
+        """Like `predict`, but never raises: a series that fails gets the training prevalence and a reason."""
+        try:
+            return self.predict_with_timings(series_dir)
+        except Exception as err:  # noqa: BLE001 - one bad series must not stop a submission
+            reason = f"{type(err).__name__}: {err}"
+            log.warning("series %s: fallback row (%s)", series_dir, reason)
+            return Prediction(dict(zip(LABEL_COLS, self.prevalence.tolist())), fallback_reason=reason)
+
+    def predict_with_timings(self, series_dir: str | Path) -> Prediction:
+        """Probabilities and per-stage timings of one series folder."""
+        timings = Timings()
+        deadline = None if self.time_budget_s is None else time.perf_counter() + self.time_budget_s
+        start = time.perf_counter()
+        layout = scan_series(series_dir)
+        stored, rescale = read_stored(layout)
+        timings.read = time.perf_counter() - start
+        volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def volume_for(config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+            if config.key not in volumes:
+                begin = time.perf_counter()
+                volumes[config.key] = _normalised_volume(layout.modality, stored, rescale, config)
+                timings.preprocess += time.perf_counter() - begin
+            return volumes[config.key]
+
+        return Prediction(self._blend(volume_for, timings, deadline), timings)
+
+    def predict_volume(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str) -> dict[str, float]:
+        """Probabilities from an already normalised (e.g. cached) volume; every model must share its preprocessing."""
+        def volume_for(config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+            if config.key != preprocess_key:
+                raise ValueError(f"volume preprocessed with {preprocess_key}, a model expects {config.key}")
+            return volume, mean_image
+
+        return self._blend(volume_for, Timings(), None)
+
+    def _blend(self, volume_for, timings: Timings, deadline: float | None) -> dict[str, float]:
+        blended = np.zeros(len(LABEL_COLS))
+        for member in self.members:
+            fold_probs = []
+            for model in member.models:
+                volume = volume_for(model.preprocess)
+                _check_deadline(deadline)
+                fold_probs.append(self._model_series(model, member, volume, timings, deadline))
+            blended += member.weight * np.mean(fold_probs, axis=0)
+        return dict(zip(LABEL_COLS, np.clip(blended, 0.0, 1.0).tolist()))
+
+    def _model_series(self, model: LoadedModel, member: Member, volume: tuple[np.ndarray, np.ndarray],
+                      timings: Timings, deadline: float | None) -> np.ndarray:
+        pixels, mean_image = volume
+        start = time.perf_counter()
+        box = head_box(mean_image) if model.head_crop else FULL_BOX
+        ratio = model.val_center_crop if member.center_crop is None else member.center_crop
+        box = center_crop(box, ratio)
+        slice_probs = []
+        for first in range(0, pixels.shape[0], self.batch_size):
+            batch = torch.stack([model.slice_input(pixels, z, box)
+                                 for z in range(first, min(first + self.batch_size, pixels.shape[0]))])
+            images = model.slice_input.normalize(batch.to(self.device))
+            slice_probs.append(self._tta_probabilities(model, images, member.hflip))
+            _check_deadline(deadline)
+        timings.model += time.perf_counter() - start
+        start = time.perf_counter()
+        probs = torch.cat(slice_probs)
+        _, series_probs = aggregate_series(torch.zeros(len(probs), dtype=torch.long), probs, model.aggregation, model.topk)
+        timings.aggregate += time.perf_counter() - start
+        return series_probs[0].numpy()
+
+    def _tta_probabilities(self, model: LoadedModel, images: torch.Tensor, hflip: bool) -> torch.Tensor:
+        probs = model.slice_probabilities(images)
+        if hflip:
+            # A flipped image shows left as right: column i of its output describes column FLIP_PERM[i].
+            flipped = model.slice_probabilities(images.flip(-1))[:, list(FLIP_PERM)]
+            probs = (probs + flipped) / 2
+        return probs.cpu()
+
+
+def _normalised_volume(modality: str, stored: list, rescale: list, config: PreprocessConfig):
+    size = config.image_size
+    height, width = stored[0].shape
+    out = np.empty((len(stored), size or height, size or width), dtype=np.uint8)
+    normalise_slices(modality, list(stored), rescale, config, out)
+    return out, mean_over_slices(out)
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.perf_counter() > deadline:
+        raise SeriesTimeout("per-series time budget exceeded")
+
+
+def _members_from_spec(spec_path: Path, device: str) -> list[Member]:
+    from iad.ensembling import read_spec
+
+    spec = read_spec(spec_path)
+    members = []
+    for item in spec["members"]:
+        path = Path(item["path"])
+        if not path.is_absolute():
+            path = spec_path.parent / path
+        members.append(Member(item["name"], float(item["weight"]), [load_model(p, device) for p in checkpoints_in(path)],
+                              hflip=bool(item.get("hflip_tta", False)), center_crop=item.get("center_crop")))
+    return members
+
+
