@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m iad.demo
+	$(PY) train.py -m data.fold=0,1,2,3,4
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -43,6 +43,7 @@ test-slow: venv
 
 bench: venv
 	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/loader.py
 
 clean:
 	rm -rf .cache outputs multirun benchmarks/_work

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
 from iad.evaluation.cv import OOF_FILE
-from iad.evaluation.oof import TRUE_COLS, make_oof
+from iad.evaluation.oof import TRUE_COLS, make_oof, score_oof
 from iad.labels import LABEL_COLS
 from iad.models.base import MONITOR
 from iad.utils.io import write_csv_atomic
@@ -33,7 +33,11 @@ class StoreRunConfig(pl.Callback):
 
 
 class OOFWriter(pl.Callback):
-    """Write `<run>/oof.csv` from the best validation epoch (the one ModelCheckpoint keeps as best)."""
+    """Write `<run>/oof.csv` from the best validation epoch (the one ModelCheckpoint keeps as best).
+
+    Also logs each epoch's weighted AUC per modality (`val_modality/<name>`), which needs the series
+    table the model does not have.
+    """
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / OOF_FILE
@@ -44,11 +48,15 @@ class OOFWriter(pl.Callback):
         outputs = getattr(pl_module, "val_outputs", None)
         if trainer.sanity_checking or outputs is None or trainer.fast_dev_run:
             return
+        oof = make_oof(trainer.datamodule.series_info(outputs["series"]), outputs["preds"])
+        by_modality = {f"val_modality/{name}": sub["weighted_auc"] for name, sub in score_oof(oof)["by_group"].items()
+                       if not math.isnan(sub["weighted_auc"])}
+        for logger in trainer.loggers:
+            logger.log_metrics(by_modality, step=trainer.global_step)
         score = float(trainer.callback_metrics.get(MONITOR, float("nan")))
         if not score > self.best:
             return
         self.best, self.best_epoch = score, trainer.current_epoch
-        oof = make_oof(trainer.datamodule.series_info(outputs["series"]), outputs["preds"])
         if trainer.is_global_zero:
             write_csv_atomic(oof, self.path, index=False)
 
