@@ -12,7 +12,7 @@ import sys
 import uuid
 import warnings
 
-from dicom_helpers import SAGITTAL, write_enhanced_mr, write_jpeg_baseline, write_slice
+from tests.dicom_helpers import SAGITTAL, write_enhanced_mr, write_jpeg_baseline, write_slice
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
