@@ -1,0 +1,3 @@
+from iad.synthetic.cli import main
+
+main()

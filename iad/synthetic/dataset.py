@@ -1,0 +1,168 @@
+"""Generate a synthetic dataset in the competition layout (series folders + the three tables)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+import multiprocessing
+import os
+from pathlib import Path
+import shutil
+import time
+
+import pandas as pd
+from pydicom.filereader import read_file_meta_info
+
+from iad.folds import make_folds, write_folds
+from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITIES, MODALITY_COL, PRESENT_COL, SOP_COL, UID_COL
+from iad.synthetic.phantom import render_volume
+from iad.synthetic.plan import SIZE_RANGE, SeriesPlan, localizer, plan_series, render_rng
+from iad.synthetic.writer import write_series
+from iad.utils.io import write_csv_atomic
+
+SERIES_DIR = "series"
+TRAIN_CSV = "train.csv"
+LOCALIZERS_CSV = "train_localizers.csv"
+FOLDS_CSV = "train_kfold.csv"
+AGE_COL = "PatientAge"
+SEX_COL = "PatientSex"
+TRAIN_COLUMNS: tuple[str, ...] = (UID_COL, AGE_COL, SEX_COL, MODALITY_COL, *LABEL_COLS)
+LOCALIZER_COLUMNS: tuple[str, ...] = (UID_COL, SOP_COL, "coordinates", "location")
+N_FOLDS = 5
+MIN_SIZE = 32
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What a dataset folder holds (counted from disk) and how long `make_dataset` took."""
+
+    root: Path
+    n_series: int
+    series_per_modality: dict[str, int]
+    n_positive: int
+    n_aneurysms: int
+    n_files: int
+    n_compressed_files: int
+    n_bytes: int
+    n_generated: int  # series written by this call; the others were already complete
+    seconds: float
+
+    def format(self) -> str:
+        """A few human-readable lines."""
+        modalities = ", ".join(f"{name} {count}" for name, count in self.series_per_modality.items())
+        return "\n".join(
+            [
+                f"synthetic dataset at {self.root}: {self.n_series} series ({modalities})",
+                f"  positives {self.n_positive}, aneurysms {self.n_aneurysms}",
+                f"  files {self.n_files}, compressed {self.n_compressed_files}, {self.n_bytes / 2**20:.1f} MiB",
+                f"  generated {self.n_generated} series in {self.seconds:.1f} s",
+            ]
+        )
+
+
+def label_table(plans: list[SeriesPlan]) -> pd.DataFrame:
+    """train.csv rows (same columns as the competition's), sorted by SeriesInstanceUID."""
+    rows = []
+    for plan in plans:
+        flags = {column: int(column in plan.locations) for column in LOCATION_COLS}
+        rows.append(
+            {
+                UID_COL: plan.series_uid,
+                AGE_COL: plan.age,
+                SEX_COL: plan.sex,
+                MODALITY_COL: plan.modality,
+                **flags,
+                PRESENT_COL: int(bool(plan.locations)),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)).sort_values(UID_COL, ignore_index=True)
+
+
+def localizer_table(plans: list[SeriesPlan]) -> pd.DataFrame:
+    """train_localizers.csv rows: one per aneurysm, pointing at its centre."""
+    rows = []
+    for plan in plans:
+        for aneurysm in plan.aneurysms:
+            sop_uid, coordinates = localizer(plan, aneurysm)
+            rows.append((plan.series_uid, sop_uid, str(coordinates), aneurysm.location))
+    return pd.DataFrame(rows, columns=list(LOCALIZER_COLUMNS)).sort_values([UID_COL, SOP_COL], ignore_index=True)
+
+
+def generate_series(seed: int, index: int, size_range: tuple[int, int], series_root: Path) -> None:
+    """Render and write one series into a temporary folder, then rename it into place."""
+    plan = plan_series(seed, index, size_range)
+    final = series_root / plan.series_uid
+    partial = series_root / f".{plan.series_uid}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    write_series(plan, render_volume(plan, render_rng(seed, index)), partial)
+    try:
+        partial.rename(final)
+    except OSError:  # another process finished the same series first
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _generate_all(seed: int, indices: list[int], size_range: tuple[int, int], series_root: Path, workers: int) -> None:
+    if workers <= 1 or len(indices) <= 1:
+        for index in indices:
+            generate_series(seed, index, size_range, series_root)
+        return
+    # spawn: safe even when the caller already runs threads (torch, data loaders)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context) as pool:
+        futures = [pool.submit(generate_series, seed, index, size_range, series_root) for index in indices]
+        for future in futures:
+            future.result()
+
+
+def _summarize(root: Path, plans: list[SeriesPlan], n_generated: int, seconds: float) -> DatasetSummary:
+    files = [path for plan in plans for path in sorted((root / SERIES_DIR / plan.series_uid).iterdir())]
+    counts = Counter(plan.modality for plan in plans)
+    return DatasetSummary(
+        root=root,
+        n_series=len(plans),
+        series_per_modality={name: counts[name] for name in MODALITIES if counts[name]},
+        n_positive=sum(bool(plan.aneurysms) for plan in plans),
+        n_aneurysms=sum(len(plan.aneurysms) for plan in plans),
+        n_files=len(files),
+        n_compressed_files=sum(read_file_meta_info(path).TransferSyntaxUID.is_compressed for path in files),
+        n_bytes=sum(path.stat().st_size for path in files),
+        n_generated=n_generated,
+        seconds=seconds,
+    )
+
+
+def make_dataset(
+    out_dir: str | os.PathLike,
+    n_series: int = 60,
+    seed: int = 0,
+    *,
+    size_range: tuple[int, int] = SIZE_RANGE,
+    workers: int = 1,
+) -> DatasetSummary:
+    """Write `n_series` synthetic series and train.csv, train_localizers.csv, train_kfold.csv.
+
+    Layout: `out_dir/series/<SeriesInstanceUID>/<random hex>.dcm`. Series `i` depends only on
+    (seed, i), so a larger `n_series` adds series without changing the first ones; series already on
+    disk are kept (each is written to a temporary folder and renamed when complete). `size_range`
+    bounds the in-plane image size in pixels; `workers` > 1 renders series in parallel processes.
+    Folds: 5 (fewer only when there are fewer than 5 series), stratified by `iad.folds.make_folds`.
+    """
+    low, high = size_range
+    if not MIN_SIZE <= low <= high:
+        raise ValueError(f"size_range must satisfy {MIN_SIZE} <= min <= max, got {size_range}")
+    if n_series < 2:
+        raise ValueError(f"n_series must be at least 2 (cross-validation folds), got {n_series}")
+    start = time.perf_counter()
+    root = Path(out_dir)
+    series_root = root / SERIES_DIR
+    series_root.mkdir(parents=True, exist_ok=True)
+    plans = [plan_series(seed, index, size_range) for index in range(n_series)]
+    missing = [plan.index for plan in plans if not (series_root / plan.series_uid).is_dir()]
+    _generate_all(seed, missing, size_range, series_root, workers)
+    labels = label_table(plans)
+    write_csv_atomic(labels, root / TRAIN_CSV)
+    write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
+    write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
+    return _summarize(root, plans, len(missing), time.perf_counter() - start)

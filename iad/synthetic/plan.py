@@ -1,0 +1,345 @@
+"""Every random choice about one synthetic series, drawn from (seed, index) alone.
+
+A plan is cheap to make (no pixels), so tables can be rebuilt for series already on disk. Patient
+coordinates are DICOM LPS: +x = patient left, +y = posterior, +z = superior. With the axial
+orientation [1,0,0,0,1,0] the column index grows with +x, so the patient's left is on the image's
+right (radiological convention) and a left aneurysm has a larger column index than the midline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import math
+
+import numpy as np
+from pydicom.uid import UID, generate_uid
+
+from iad.labels import LOCATION_COLS, MODALITIES
+from iad.synthetic import anatomy, frequencies
+from iad.synthetic.modalities import STYLES, ModalityStyle
+
+UID_NAMESPACE = "iad-synthetic"
+SIZE_RANGE: tuple[int, int] = (96, 192)
+FIELD_OF_VIEW_MM: tuple[float, float] = (200.0, 240.0)
+SLICES_RANGE: tuple[int, int] = (24, 64)
+SLAB_MM: tuple[float, float] = (55.0, 110.0)  # preferred coverage along z before the slice-count limits
+SLAB_SHIFT_MM = 10.0  # how far the slab centre may move from the centre of the required range
+ANEURYSM_RADIUS_MM: tuple[float, float] = (4.5, 8.0)
+ANEURYSM_NECK_SHIFT = 0.6  # dome centre sits this many radii from the parent vessel's centreline
+BULGE_RADIUS_MM: tuple[float, float] = (1.6, 2.6)  # look-alikes stay clearly smaller than aneurysms
+DISTRACTOR_COUNT_P: tuple[float, ...] = (0.35, 0.3, 0.2, 0.15)  # P(0, 1, 2, 3 bulges)
+WARP_MM: tuple[float, float] = (0.5, 2.0)  # amplitude of the smooth vessel displacement (tortuosity)
+CODEC_SHARES: dict[str, float] = {"RLE": 0.2, "J2K": 0.1}  # the rest stays uncompressed
+DESCENDING_SHARE = 0.15  # series whose instance/frame order runs from head to feet
+# Low-discrepancy sequences spread modalities and positives evenly over any run of indices.
+_GOLDEN = (math.sqrt(5) - 1) / 2
+_SILVER = math.sqrt(2) - 1
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An axial voxel grid in patient coordinates (mm); voxel (k, i, j) = (slice, row, column)."""
+
+    shape: tuple[int, int, int]  # (slices, rows, columns)
+    origin: tuple[float, float, float]  # patient (x, y, z) of voxel (0, 0, 0)'s centre
+    spacing: tuple[float, float, float]  # mm per column (x), row (y), slice (z)
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patient x of each column, y of each row, z of each slice."""
+        nz, ny, nx = self.shape
+        return tuple(o + s * np.arange(n) for o, s, n in zip(self.origin, self.spacing, (nx, ny, nz)))
+
+    def to_voxel(self, point: np.ndarray) -> np.ndarray:
+        """Continuous (slice, row, column) of a patient point."""
+        x, y, z = (np.asarray(point, dtype=float) - self.origin) / self.spacing
+        return np.array([z, y, x])
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Places the anatomical frame in the patient: patient = R(angle) (scale * anat) + translation."""
+
+    scale: float
+    angle_rad: float
+    translation: tuple[float, float, float]
+
+    def rotate(self, vectors: np.ndarray) -> np.ndarray:
+        """Anatomical directions (..., 3) expressed in patient axes."""
+        c, s = math.cos(self.angle_rad), math.sin(self.angle_rad)
+        x, y, z = vectors[..., 0], vectors[..., 1], vectors[..., 2]
+        return np.stack([c * x - s * y, s * x + c * y, z], axis=-1)
+
+    def to_patient(self, points: np.ndarray) -> np.ndarray:
+        """Patient coordinates of anatomical points (..., 3)."""
+        return self.rotate(np.asarray(points, dtype=float) * self.scale) + self.translation
+
+    def to_anatomical(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Anatomical coordinates of patient coordinates (broadcasting x/y against each other)."""
+        tx, ty, tz = self.translation
+        c, s = math.cos(self.angle_rad), math.sin(self.angle_rad)
+        return ((c * (x - tx) + s * (y - ty)) / self.scale, (-s * (x - tx) + c * (y - ty)) / self.scale, (z - tz) / self.scale)
+
+
+@dataclass(frozen=True)
+class Tube:
+    """A vessel in patient coordinates: control points (N, 3) and end radii (mm)."""
+
+    points: np.ndarray
+    radius: tuple[float, float]
+
+    def radius_at(self, index: int) -> float:
+        """Radius at control point `index` (linear in the point's index)."""
+        return self.radius[0] + (self.radius[1] - self.radius[0]) * index / (len(self.points) - 1)
+
+
+@dataclass(frozen=True)
+class Sphere:
+    centre: np.ndarray  # patient mm
+    radius: float
+
+
+@dataclass(frozen=True)
+class Aneurysm:
+    location: str
+    sac: Sphere
+    bleb: Sphere | None  # a daughter sac on the dome, sometimes
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Intensities drawn for one series (modality units, gain applied)."""
+
+    air: float
+    scalp: float
+    bone: float
+    csf: float
+    brain: float
+    vein: float
+    artery: float
+    aneurysm: float
+    texture: float
+    noise_sd: float
+    bias: tuple[float, ...]  # coefficients of the smooth bias field (all 0 for CT)
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """Everything about one series except the noise and texture (drawn while rendering)."""
+
+    seed: int
+    index: int
+    modality: str
+    age: int
+    sex: str  # "Female" / "Male" as in train.csv
+    study_uid: UID
+    series_uid: UID
+    frame_of_reference_uid: UID
+    sop_uids: tuple[UID, ...]  # one per file, in file order
+    file_names: tuple[str, ...]
+    geometry: Geometry
+    pose: Pose
+    descending: bool  # files (or frames) ordered from the highest slice down
+    codec: str | None  # requested compression: "RLE", "J2K" or None
+    arteries: dict[str, Tube]
+    veins: dict[str, Tube]
+    aneurysms: tuple[Aneurysm, ...]
+    bulges: tuple[Sphere, ...]
+    appearance: Appearance
+
+    @property
+    def style(self) -> ModalityStyle:
+        return STYLES[self.modality]
+
+    @property
+    def slice_order(self) -> np.ndarray:
+        """Slice index (ascending z) of each file or frame, in file/frame order."""
+        order = np.arange(self.geometry.shape[0])
+        return order[::-1] if self.descending else order
+
+    @property
+    def locations(self) -> tuple[str, ...]:
+        return tuple(sorted({a.location for a in self.aneurysms}, key=LOCATION_COLS.index))
+
+
+def _uid(seed: int, index: int, size_range: tuple[int, int], *parts: object) -> UID:
+    # size_range takes part: a series drawn at other sizes is other data and must not share a UID.
+    return generate_uid(entropy_srcs=[UID_NAMESPACE, str(seed), str(index), str(tuple(size_range)), *map(str, parts)])
+
+
+def _series_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
+
+
+def render_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator for a series' noise and texture, independent of the plan's draws."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
+
+
+def _modality_and_label(seed: int, index: int) -> tuple[str, bool]:
+    """Modality and positive flag from two interleaved Weyl sequences (shares match the real table)."""
+    offset_modality, offset_positive = np.random.default_rng(np.random.SeedSequence([seed])).random(2)
+    u = (offset_modality + index * _GOLDEN) % 1.0
+    v = (offset_positive + index * _SILVER) % 1.0
+    cumulative = np.cumsum([frequencies.MODALITY_COUNTS[m] for m in MODALITIES]) / frequencies.TOTAL_SERIES
+    modality = MODALITIES[int(np.searchsorted(cumulative, u, side="right"))]
+    positive = v < frequencies.POSITIVE_COUNTS[modality] / frequencies.MODALITY_COUNTS[modality]
+    return modality, bool(positive)
+
+
+def _draw_locations(rng: np.random.Generator) -> list[str]:
+    counts = np.array([frequencies.LOCATION_COUNTS[c] for c in LOCATION_COLS], dtype=float)
+    n = 2 if rng.random() < frequencies.MULTI_LOCATION_POSITIVES / frequencies.POSITIVE_SERIES else 1
+    picks = rng.choice(len(LOCATION_COLS), size=n, replace=False, p=counts / counts.sum())
+    return [LOCATION_COLS[i] for i in picks]
+
+
+def _draw_pose(rng: np.random.Generator) -> Pose:
+    return Pose(
+        scale=float(rng.uniform(0.93, 1.07)),
+        angle_rad=math.radians(rng.uniform(-6.0, 6.0)),
+        translation=(float(rng.uniform(-5, 5)), float(rng.uniform(-25, 0)), float(rng.uniform(-80, 80))),
+    )
+
+
+def _draw_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int]) -> Geometry:
+    lo, hi = size_range
+    columns = int(rng.integers(lo // 8, hi // 8 + 1)) * 8
+    rows = columns if rng.random() < 0.7 else min(hi, columns + 16 * int(rng.integers(1, 3)))
+    pixel = round(float(rng.uniform(*FIELD_OF_VIEW_MM)) / columns, 4)
+
+    z_lo, z_hi = (pose.translation[2] + pose.scale * z for z in anatomy.REQUIRED_Z_RANGE)
+    min_slices, max_slices = SLICES_RANGE
+    step = round(max(float(rng.uniform(*style.slice_spacing)), (z_hi - z_lo) / (max_slices - 1)), 4)
+    needed = math.ceil((z_hi - z_lo) / step) + 1
+    slices = int(np.clip(max(needed, round(rng.uniform(*SLAB_MM) / step)), min_slices, max_slices))
+    slack = (slices - 1) * step - (z_hi - z_lo)
+    z0 = z_lo - slack / 2 + rng.uniform(-1, 1) * min(slack / 2, SLAB_SHIFT_MM)
+
+    head_x, head_y, _ = pose.to_patient(np.array(anatomy.HEAD_CENTRE))
+    centre_x, centre_y = head_x + rng.uniform(-6, 6), head_y + rng.uniform(-6, 6)
+    origin = (centre_x - (columns - 1) / 2 * pixel, centre_y - (rows - 1) / 2 * pixel, z0)
+    return Geometry((slices, rows, columns), tuple(round(float(v), 4) for v in origin), (pixel, pixel, step))
+
+
+def _smooth_warp(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """A smooth random displacement of anatomical points: kinks and asymmetry, same at shared points."""
+    amplitude = rng.uniform(*WARP_MM)
+    directions = rng.normal(size=(3, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    wave = rng.normal(size=(3, 3))
+    wave *= (2 * np.pi / rng.uniform(25, 60, size=(3, 1))) / np.linalg.norm(wave, axis=1, keepdims=True)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    return lambda points: points + amplitude / np.sqrt(3) * np.sin(points @ wave.T + phase) @ directions
+
+
+def _place_vessels(
+    vessels: dict[str, anatomy.Vessel], warp: Callable[[np.ndarray], np.ndarray], pose: Pose, radius_scale: float
+) -> dict[str, Tube]:
+    return {
+        name: Tube(
+            pose.to_patient(warp(np.asarray(v.points, dtype=float))), tuple(r * radius_scale * pose.scale for r in v.radius)
+        )
+        for name, v in vessels.items()
+    }
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-9)
+
+
+def _draw_aneurysm(rng: np.random.Generator, location: str, arteries: dict[str, Tube], pose: Pose) -> Aneurysm:
+    region = anatomy.REGIONS[location]
+    vessel, index = region.anchors[int(rng.integers(len(region.anchors)))]
+    anchor = arteries[vessel].points[index]
+    dome = pose.rotate(_unit(np.asarray(region.dome_direction) + 0.5 * rng.normal(size=3)))
+    radius = float(rng.uniform(*ANEURYSM_RADIUS_MM)) * pose.scale
+    centre = anchor + ANEURYSM_NECK_SHIFT * radius * dome
+    bleb = None
+    if rng.random() < 0.3:
+        bleb_radius = radius * rng.uniform(0.3, 0.45)
+        bleb_direction = _unit(dome + 0.6 * rng.normal(size=3))
+        bleb = Sphere(centre + (radius + 0.3 * bleb_radius) * bleb_direction, float(bleb_radius))
+    return Aneurysm(location, Sphere(centre, radius), bleb)
+
+
+def _draw_bulges(rng: np.random.Generator, arteries: dict[str, Tube]) -> tuple[Sphere, ...]:
+    count = int(rng.choice(len(DISTRACTOR_COUNT_P), p=DISTRACTOR_COUNT_P))
+    sites = rng.choice(len(anatomy.DISTRACTOR_SITES), size=count, replace=False)
+    bulges = []
+    for site in sites:
+        vessel, index = anatomy.DISTRACTOR_SITES[site]
+        tube = arteries[vessel]
+        radius = float(np.clip(tube.radius_at(index) * rng.uniform(1.25, 1.6), *BULGE_RADIUS_MM))
+        shift = 0.5 * radius * _unit(rng.normal(size=3))
+        bulges.append(Sphere(tube.points[index] + shift, radius))
+    return tuple(bulges)
+
+
+def _draw_appearance(rng: np.random.Generator, style: ModalityStyle) -> Appearance:
+    gain = rng.uniform(*style.gain)
+    artery = rng.uniform(*style.artery)
+    tissues = {name: getattr(style, name) * gain for name in ("air", "scalp", "bone", "csf", "brain", "vein")}
+    bias = tuple(rng.uniform(-style.bias, style.bias, size=4)) if style.bias else (0.0,) * 4
+    return Appearance(
+        **tissues,
+        artery=artery * gain,
+        aneurysm=artery * gain * rng.uniform(*style.aneurysm_ratio),
+        texture=style.texture,
+        noise_sd=rng.uniform(*style.noise_sd) * gain,
+        bias=tuple(float(b) for b in bias),
+    )
+
+
+def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE) -> SeriesPlan:
+    """Draw every choice for series `index` of the dataset made with `seed`."""
+    rng = _series_rng(seed, index)
+    modality, positive = _modality_and_label(seed, index)
+    style = STYLES[modality]
+    pose = _draw_pose(rng)
+    geometry = _draw_geometry(rng, style, pose, size_range)
+    warp = _smooth_warp(rng)
+    radius_scale = rng.uniform(0.9, 1.1)
+    arteries = _place_vessels(anatomy.ARTERIES, warp, pose, radius_scale)
+    veins = _place_vessels(anatomy.VEINS, warp, pose, 1.0)
+    locations = _draw_locations(rng) if positive else []
+    aneurysms = tuple(_draw_aneurysm(rng, location, arteries, pose) for location in locations)
+    bulges = _draw_bulges(rng, arteries)
+    n_files = 1 if style.multi_frame else geometry.shape[0]
+    codec_draw = rng.random()
+    codec = "RLE" if codec_draw < CODEC_SHARES["RLE"] else "J2K" if codec_draw < sum(CODEC_SHARES.values()) else None
+    female = rng.random() < frequencies.FEMALE_SERIES / frequencies.TOTAL_SERIES
+    age = int(np.clip(round(rng.normal(frequencies.AGE_MEAN, frequencies.AGE_SD)), frequencies.AGE_MIN, frequencies.AGE_MAX))
+    return SeriesPlan(
+        seed=seed,
+        index=index,
+        modality=modality,
+        age=age,
+        sex="Female" if female else "Male",
+        study_uid=_uid(seed, index, size_range, "study"),
+        series_uid=_uid(seed, index, size_range, "series"),
+        frame_of_reference_uid=_uid(seed, index, size_range, "frame-of-reference"),
+        sop_uids=tuple(_uid(seed, index, size_range, "sop", i) for i in range(n_files)),
+        file_names=tuple(rng.bytes(16).hex() + ".dcm" for _ in range(n_files)),
+        geometry=geometry,
+        pose=pose,
+        descending=bool(rng.random() < DESCENDING_SHARE),
+        codec=codec,
+        arteries=arteries,
+        veins=veins,
+        aneurysms=aneurysms,
+        bulges=bulges,
+        appearance=_draw_appearance(rng, style),
+    )
+
+
+def localizer(plan: SeriesPlan, aneurysm: Aneurysm) -> tuple[UID, dict[str, float | int]]:
+    """SOPInstanceUID and coordinates dict ({'x', 'y'} and 'f' for multi-frame) of an aneurysm's centre."""
+    k, row, column = plan.geometry.to_voxel(aneurysm.sac.centre)
+    slice_index = int(np.clip(round(k), 0, plan.geometry.shape[0] - 1))
+    position = int(np.flatnonzero(plan.slice_order == slice_index)[0])
+    coordinates: dict[str, float | int] = {"x": round(float(column), 2), "y": round(float(row), 2)}
+    if plan.style.multi_frame:
+        coordinates["f"] = position
+        return plan.sop_uids[0], coordinates
+    return plan.sop_uids[position], coordinates

@@ -1,0 +1,162 @@
+"""Write a rendered series as DICOM files: single-frame CT/MR images or one enhanced multi-frame MR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels.encoders import JPEG2000LosslessEncoder, RLELosslessEncoder
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from iad.synthetic.modalities import CT_RESCALE_INTERCEPT, MR_BITS_STORED
+from iad.synthetic.plan import SeriesPlan
+
+AXIAL_ORIENTATION = ("1", "0", "0", "0", "1", "0")
+MANUFACTURER = "IAD synthetic phantom"
+CODECS = {"RLE": (RLELossless, RLELosslessEncoder), "J2K": (JPEG2000Lossless, JPEG2000LosslessEncoder)}
+MR_WINDOW_PERCENTILES = (0.5, 99.5)
+
+
+def _ds(value: float) -> str:
+    """A decimal string of at most 16 characters (4 decimals, trailing zeros dropped)."""
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def available_codecs() -> set[str]:
+    """The codecs of CODECS whose encoder can run here (others fall back to uncompressed)."""
+    return {name for name, (_, encoder) in CODECS.items() if encoder.is_available}
+
+
+def _stored_pixels(plan: SeriesPlan, volume: np.ndarray) -> np.ndarray:
+    lo, hi = plan.style.value_range
+    values = np.rint(np.clip(volume, lo, hi))
+    if plan.style.dicom_modality == "CT":
+        return (values - CT_RESCALE_INTERCEPT).astype(np.int16)
+    return values.astype(np.uint16)
+
+
+def _window(plan: SeriesPlan, volume: np.ndarray) -> tuple[str, str]:
+    header = plan.style.header
+    if "WindowCenter" in header:
+        return header["WindowCenter"], header["WindowWidth"]
+    lo, hi = np.percentile(volume[:, ::4, ::4], MR_WINDOW_PERCENTILES)
+    return _ds(round((lo + hi) / 2)), _ds(round(hi - lo))
+
+
+def _common_header(plan: SeriesPlan) -> Dataset:
+    """Patient, study, series and equipment attributes shared by every file of the series."""
+    style = plan.style
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = list(style.image_type)
+    ds.SOPClassUID = style.sop_class
+    ds.Modality = style.dicom_modality
+    ds.Manufacturer = MANUFACTURER
+    ds.SeriesDescription = style.description
+    ds.BodyPartExamined = "HEAD"
+    ds.PatientID = plan.series_uid.split(".")[-1][:16]
+    ds.PatientAge = f"{plan.age:03d}Y"
+    ds.PatientSex = plan.sex[0]
+    ds.StudyInstanceUID = plan.study_uid
+    ds.SeriesInstanceUID = plan.series_uid
+    ds.FrameOfReferenceUID = plan.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = plan.index + 1
+    ds.AcquisitionNumber = 1
+    for keyword, value in style.header.items():
+        if keyword not in ("WindowCenter", "WindowWidth"):
+            setattr(ds, keyword, value)
+    return ds
+
+
+def _geometry_values(plan: SeriesPlan) -> dict[str, object]:
+    dx, dy, dz = plan.geometry.spacing
+    return {"PixelSpacing": [_ds(dy), _ds(dx)], "SliceThickness": _ds(dz), "SpacingBetweenSlices": _ds(dz)}
+
+
+def _position(plan: SeriesPlan, slice_index: int) -> list[str]:
+    x0, y0, z0 = plan.geometry.origin
+    return [_ds(x0), _ds(y0), _ds(z0 + slice_index * plan.geometry.spacing[2])]
+
+
+def _single_frame(plan: SeriesPlan, pixels: np.ndarray, slice_index: int, position: int, window) -> Dataset:
+    ds = _common_header(plan)
+    ds.SOPInstanceUID = plan.sop_uids[position]
+    ds.InstanceNumber = position + 1
+    ds.ImagePositionPatient = _position(plan, slice_index)
+    ds.ImageOrientationPatient = list(AXIAL_ORIENTATION)
+    ds.SliceLocation = ds.ImagePositionPatient[2]
+    geometry = _geometry_values(plan)
+    if plan.style.dicom_modality == "CT":
+        del geometry["SpacingBetweenSlices"]
+        ds.RescaleIntercept = _ds(CT_RESCALE_INTERCEPT)
+        ds.RescaleSlope = "1"
+    for keyword, value in geometry.items():
+        setattr(ds, keyword, value)
+    ds.WindowCenter, ds.WindowWidth = window
+    ds.set_pixel_data(pixels, "MONOCHROME2", _bits_stored(plan), generate_instance_uid=False)
+    return ds
+
+
+def _item(**elements) -> Dataset:
+    item = Dataset()
+    for keyword, value in elements.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _enhanced(plan: SeriesPlan, frames: np.ndarray, window) -> Dataset:
+    """One Enhanced MR Image Storage file holding every slice as a frame, in `plan.slice_order`."""
+    ds = _common_header(plan)
+    ds.SOPInstanceUID = plan.sop_uids[0]
+    ds.InstanceNumber = 1
+    ds.ContentQualification = "PRODUCT"
+    ds.BurnedInAnnotation = "NO"
+    ds.SharedFunctionalGroupsSequence = Sequence(
+        [
+            _item(
+                PixelMeasuresSequence=Sequence([_item(**_geometry_values(plan))]),
+                PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=list(AXIAL_ORIENTATION))]),
+                PixelValueTransformationSequence=Sequence([_item(RescaleIntercept="0", RescaleSlope="1", RescaleType="US")]),
+                FrameVOILUTSequence=Sequence([_item(WindowCenter=window[0], WindowWidth=window[1])]),
+            )
+        ]
+    )
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [
+            _item(
+                FrameContentSequence=Sequence(
+                    [_item(StackID="1", InStackPositionNumber=position + 1, DimensionIndexValues=[1, position + 1])]
+                ),
+                PlanePositionSequence=Sequence([_item(ImagePositionPatient=_position(plan, int(slice_index)))]),
+            )
+            for position, slice_index in enumerate(plan.slice_order)
+        ]
+    )
+    ds.set_pixel_data(frames[plan.slice_order], "MONOCHROME2", _bits_stored(plan), generate_instance_uid=False)
+    return ds
+
+
+def _bits_stored(plan: SeriesPlan) -> int:
+    return 16 if plan.style.dicom_modality == "CT" else MR_BITS_STORED
+
+
+def write_series(plan: SeriesPlan, volume: np.ndarray, folder: Path) -> None:
+    """Write `volume` (ascending z) into `folder` as the plan's files, compressed when possible."""
+    stored = _stored_pixels(plan, volume)
+    window = _window(plan, volume)
+    if plan.style.multi_frame:
+        datasets = [_enhanced(plan, stored, window)]
+    else:
+        datasets = [_single_frame(plan, stored[k], int(k), position, window) for position, k in enumerate(plan.slice_order)]
+    codec = plan.codec if plan.codec in available_codecs() else None
+    for ds, name in zip(datasets, plan.file_names):
+        if codec is not None:
+            ds.compress(CODECS[codec][0], generate_instance_uid=False)
+        ds.save_as(folder / name, enforce_file_format=True)
