@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 import logging
 from pathlib import Path
@@ -62,7 +63,7 @@ class RSNASliceDataModule(pl.LightningDataModule):
         self.crop_table = crop_table
         self.val_center_crop = val_center_crop
         self.train_transform = train_transform
-        self.masks = MaskSpec(**masks) if isinstance(masks, dict) else masks
+        self.masks = MaskSpec(**masks) if isinstance(masks, Mapping) else masks
         self.use_boxes = use_boxes
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
