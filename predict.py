@@ -1,4 +1,4 @@
-"""Predict with trained models: `python predict.py model=<bundle|spec|sweep|run> input=<series folder(s)>`.
+"""Predict with trained models: `python predict.py model_path=<bundle|spec|sweep|run> input=<series folder(s)>`.
 
 Modes: `mode=submission` (default) writes submission.csv and timings.csv; `mode=bundle` exports a
 self-contained bundle; `mode=oof` re-scores a sweep's held-out series (e.g. `tta.center_crop=0.75`).
@@ -18,7 +18,7 @@ def submission(cfg: DictConfig) -> None:
 
     if cfg.input is None:
         raise SystemExit("mode=submission needs input=<series folder or folder of series>")
-    predictor = Predictor.load(cfg.model, device=cfg.device, batch_size=cfg.batch_size, hflip=cfg.tta.hflip,
+    predictor = Predictor.load(cfg.model_path, device=cfg.device, batch_size=cfg.batch_size, hflip=cfg.tta.hflip,
                                center_crop=cfg.tta.center_crop, time_budget_s=cfg.time_budget_s)
     frame = predict_folder(predictor, cfg.input, cfg.output_dir)
     print(f"{len(frame)} series → {cfg.output_dir}/submission.csv")
@@ -27,7 +27,7 @@ def submission(cfg: DictConfig) -> None:
 def bundle(cfg: DictConfig) -> None:
     from iad.inference import Predictor, export_bundle
 
-    predictor = Predictor.load(cfg.model, hflip=cfg.tta.hflip, center_crop=cfg.tta.center_crop)
+    predictor = Predictor.load(cfg.model_path, hflip=cfg.tta.hflip, center_crop=cfg.tta.center_crop)
     print(f"bundle → {export_bundle(predictor, cfg.output_dir)}")
 
 
@@ -35,7 +35,7 @@ def oof(cfg: DictConfig) -> None:
     from iad.evaluation.cv import format_report
     from iad.inference.oof import rescore_sweep
 
-    _, report, path = rescore_sweep(cfg.model, hflip=bool(cfg.tta.hflip), center_crop=cfg.tta.center_crop,
+    _, report, path = rescore_sweep(cfg.model_path, hflip=bool(cfg.tta.hflip), center_crop=cfg.tta.center_crop,
                                     batch_size=cfg.batch_size, device=cfg.device)
     report["folds"] = {}
     print(f"{format_report(report)}\n→ {path}")
