@@ -12,7 +12,6 @@ import sys
 import uuid
 import warnings
 
-from tests.dicom_helpers import SAGITTAL, write_enhanced_mr, write_jpeg_baseline, write_slice
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
@@ -28,6 +27,7 @@ from iad.dicom import (
     scan_series,
 )
 import iad.dicom.headers as headers
+from tests.dicom_helpers import SAGITTAL, write_enhanced_mr, write_jpeg_baseline, write_slice
 
 # --------------------------------------------------------------------------- real files nobody here wrote
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 from hydra import compose, initialize_config_dir
-import numpy as np
 import pandas as pd
 import pytest
 import torch

@@ -20,7 +20,6 @@ import json
 import math
 from numbers import Real
 import os
-from pathlib import Path
 
 from iad.labels import LABEL_COLS
 from iad.utils.io import write_json_atomic
