@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ class LoadedModel:
     """One trained network (one fold) with the exact input settings it was trained with."""
 
     net: nn.Module
-    class_logits: callable
+    class_logits: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     slice_input: SliceInput
     preprocess: PreprocessConfig
     head_crop: bool
