@@ -15,7 +15,7 @@ import pandas as pd
 from iad.labels import UID_COL
 
 FULL_BOX = (0.0, 0.0, 1.0, 1.0)
-BOX_COLS = ("x0", "y0", "x1", "y1")
+CROP_COLS = ("x0", "y0", "x1", "y1")  # normalised crop box columns of a crop table
 
 
 def head_box(mean_image: np.ndarray, margin: float = 0.05) -> tuple[float, float, float, float]:
@@ -61,10 +61,10 @@ def box_pixels(box, height: int, width: int) -> tuple[int, int, int, int]:
 def read_crop_table(path: str | Path) -> dict[str, tuple[float, float, float, float]]:
     """SeriesInstanceUID → normalised box from a CSV with columns SeriesInstanceUID, x0, y0, x1, y1."""
     table = pd.read_csv(path)
-    missing = [c for c in (UID_COL, *BOX_COLS) if c not in table.columns]
+    missing = [c for c in (UID_COL, *CROP_COLS) if c not in table.columns]
     if missing:
         raise ValueError(f"crop table {path}: missing columns {missing}")
-    values = table[list(BOX_COLS)].to_numpy(dtype=float)
+    values = table[list(CROP_COLS)].to_numpy(dtype=float)
     if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
         raise ValueError(f"crop table {path}: boxes must be normalised to [0, 1]")
     return {uid: clip_box(v) for uid, v in zip(table[UID_COL], values)}

@@ -19,7 +19,7 @@ from iad.data.inputs import SliceInput
 from iad.data.samplers import NegativeSubsampler
 from iad.data.slices import SERIES_COL, eval_items, holdout_split, series_labels, train_items
 from iad.folds import make_folds, read_folds, write_folds
-from iad.labels import MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
+from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
 from iad.preprocessing import DatasetSource, PreprocessConfig, SeriesCache, prepare_dataset
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,6 @@ class RSNASliceDataModule(pl.LightningDataModule):
     # ---- what the rest of the pipeline reads -------------------------------------------------
     def series_info(self, rows) -> pd.DataFrame:
         """SeriesInstanceUID, fold, Modality and the 14 true labels of the given series rows."""
-        from iad.labels import LABEL_COLS
-
         return self.series.iloc[np.asarray(rows)][[UID_COL, "fold", MODALITY_COL, *LABEL_COLS]].reset_index(drop=True)
 
     def describe(self) -> dict:

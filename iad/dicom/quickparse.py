@@ -88,11 +88,7 @@ def _walk_dataset(
 ) -> tuple[dict[int, RawDataElement], int]:
     elements = {}
     while True:
-        if implicit:
-            group, elem, length = _TAG_LENGTH.unpack_from(head, pos)
-            tag, vr, value_pos = group << 16 | elem, None, pos + 8
-        else:
-            tag, vr, value_pos, length = _explicit_element(head, pos)
+        tag, vr, value_pos, length = _element_header(head, pos, implicit)
         if tag >= 0x7FE00008:
             if tag not in PIXEL_DATA_TAGS:
                 raise _Decline
@@ -110,6 +106,14 @@ def _walk_dataset(
             vr_text = vr.decode("ascii") if vr else None
             elements[tag] = RawDataElement(BaseTag(tag), vr_text, length, value, value_pos, implicit, True)
         pos = value_pos + length
+
+
+def _element_header(head: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None when implicit, value position, length) of the element at `pos`."""
+    if implicit:
+        group, elem, length = _TAG_LENGTH.unpack_from(head, pos)
+        return group << 16 | elem, None, pos + 8, length
+    return _explicit_element(head, pos)
 
 
 def _explicit_element(head: bytes, pos: int) -> tuple[int, bytes, int, int]:
@@ -140,11 +144,7 @@ def _skip_items(head: bytes, pos: int, implicit: bool) -> int:
 def _skip_item_elements(head: bytes, pos: int, implicit: bool) -> int:
     """Position after an undefined-length item: its elements up to the item delimiter."""
     while True:
-        if implicit:
-            group, elem, length = _TAG_LENGTH.unpack_from(head, pos)
-            tag, vr, value_pos = group << 16 | elem, None, pos + 8
-        else:
-            tag, vr, value_pos, length = _explicit_element(head, pos)
+        tag, vr, value_pos, length = _element_header(head, pos, implicit)
         if tag == _ITEM_END:
             return value_pos
         if length == _UNDEFINED_LENGTH:

@@ -32,16 +32,16 @@ def _clear_run(run_dir: Path) -> None:
             target.unlink()
 
 
-def _build_callbacks(cfg: DictConfig, run_dir: Path, has_validation: bool) -> list:
+def _build_callbacks(cfg: DictConfig, run_dir: Path, has_validation: bool, oof_writer) -> list:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from iad.models.base import MONITOR
-    from iad.training.callbacks import OOFWriter, StoreRunConfig, WandbReport
+    from iad.training.callbacks import StoreRunConfig, WandbReport
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [
         StoreRunConfig(OmegaConf.to_container(cfg, resolve=True)),
-        OOFWriter(run_dir),
+        oof_writer,
         WandbReport(run_dir),
         ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename=Path(BEST_CKPT).stem,
                         monitor=MONITOR if has_validation else None, mode="max", save_top_k=1,
@@ -86,7 +86,10 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
     model = instantiate(cfg.model)
     has_validation = cfg.data.fold is not None or cfg.data.get("holdout_series", 0) > 0
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    trainer = instantiate(cfg.trainer, callbacks=_build_callbacks(cfg, run_dir, has_validation),
+    from iad.training.callbacks import OOFWriter
+
+    oof_writer = OOFWriter(run_dir)  # restored from last.ckpt on resume, so `best` spans the whole run
+    trainer = instantiate(cfg.trainer, callbacks=_build_callbacks(cfg, run_dir, has_validation, oof_writer),
                           logger=loggers or False, default_root_dir=str(run_dir))
     last = run_dir / CHECKPOINT_DIR / LAST_CKPT
     resume = last if last.exists() and not trainer.fast_dev_run else None
@@ -98,7 +101,6 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
         log.info("resuming %s from %s (epoch %d)", run_dir, resume, resumed_from)
         print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
-    oof_writer = next(c for c in trainer.callbacks if c.__class__.__name__ == "OOFWriter")
     result = {
         "run_dir": str(run_dir),
         "fold": cfg.data.fold,
