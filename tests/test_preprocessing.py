@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from iad.dicom import load_series
-from iad.preprocessing import PreprocessConfig, SeriesCache, cache_series
+from iad.preprocessing import DatasetSource, PreprocessConfig, SeriesCache, cache_series, prepare_dataset
 from iad.preprocessing.cache import META_FILE, TMP_PREFIX
 from iad.preprocessing.normalize import percentile_bounds, window_slice
 from tests.dicom_helpers import write_enhanced_mr, write_slice
@@ -221,3 +222,16 @@ def test_prepare_command_builds_synthetic_cache(tmp_path):
     assert len(volumes) == 3 and all(np.load(v, mmap_mode="r").shape[1:] == (64, 64) for v in volumes)
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert "already cached 3" in rerun.stdout
+
+
+def test_prepare_caches_only_the_series_the_label_table_lists(tmp_path):
+    from iad.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", n_series=3, seed=3, size_range=(64, 64))
+    listed = pd.read_csv(tmp_path / "data" / "train.csv")
+    pd.DataFrame(listed.iloc[:2]).to_csv(tmp_path / "data" / "train.csv", index=False)
+    root = tmp_path / "data"
+    source = DatasetSource(root=str(root), series_dir=str(root / "series"), train_csv=str(root / "train.csv"),
+                           localizers_csv=str(root / "train_localizers.csv"), folds_csv=str(root / "train_kfold.csv"))
+    cache, report = prepare_dataset(source, tmp_path / "cache", PreprocessConfig(image_size=32), progress=False)
+    assert {uid for uid in listed["SeriesInstanceUID"] if cache.has(uid)} == set(listed["SeriesInstanceUID"].iloc[:2])

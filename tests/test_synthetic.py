@@ -17,7 +17,16 @@ import pytest
 
 from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITIES, PRESENT_COL, SOP_COL, UID_COL, parse_coordinates
 from iad.synthetic import anatomy, frequencies, make_dataset
-from iad.synthetic.dataset import FOLDS_CSV, LOCALIZERS_CSV, SERIES_DIR, TRAIN_CSV, generate_series
+from iad.synthetic.dataset import (
+    FOLDS_CSV,
+    LOCALIZERS_CSV,
+    SERIES_DIR,
+    SETTINGS_JSON,
+    TRAIN_CSV,
+    dataset_settings,
+    generate_series,
+    read_settings,
+)
 from iad.synthetic.modalities import STYLES, aneurysm_is_bright
 from iad.synthetic.plan import plan_series
 
@@ -151,6 +160,32 @@ def test_draws_follow_the_real_frequencies():
         assert drawn[location] / sum(drawn.values()) == pytest.approx(count / total, abs=0.06)
 
 
+def test_uniform_locations_give_every_location_its_share():
+    plans = [plan_series(0, index, locations="uniform", positive_share=0.6) for index in range(300)]
+    first_locations = Counter(plan.aneurysms[0].location for plan in plans if plan.aneurysms)
+    expected = sum(first_locations.values()) / len(LOCATION_COLS)
+    # the first location comes from a low-discrepancy sequence: far tighter than independent draws
+    assert set(first_locations) == set(LOCATION_COLS)
+    assert all(abs(count - expected) <= 0.25 * expected for count in first_locations.values()), first_locations
+
+
+def test_positive_share_applies_to_every_modality():
+    plans = [plan_series(0, index, positive_share=0.6) for index in range(400)]
+    for name in MODALITIES:
+        flags = [bool(plan.aneurysms) for plan in plans if plan.modality == name]
+        assert np.mean(flags) == pytest.approx(0.6, abs=0.1), name
+    with pytest.raises(ValueError, match="positive_share"):
+        plan_series(0, 0, positive_share=1.5)
+    with pytest.raises(ValueError, match="locations"):
+        plan_series(0, 0, locations="made-up")
+
+
+def test_each_variant_has_its_own_uids():
+    uids = {plan_series(0, 0, SIZE_RANGE, locations, share).series_uid
+            for locations in frequencies.LOCATION_WEIGHTS for share in (None, 0.6)}
+    assert len(uids) == 2 * len(frequencies.LOCATION_WEIGHTS)
+
+
 # --- DICOM files --------------------------------------------------------------------------------
 
 
@@ -264,6 +299,33 @@ def test_same_seed_same_series_regardless_of_count(dataset, tables, tmp_path):
     files = _series_files(tmp_path, uid)
     assert [p.name for p in files] == [p.name for p in _series_files(dataset, uid)]
     assert all(p.read_bytes() == (dataset / SERIES_DIR / uid / p.name).read_bytes() for p in files)
+
+
+def test_settings_change_regenerates_tables_and_keeps_series(tmp_path):
+    from iad.preprocessing import DatasetSource, ensure_dataset
+
+    def source(**synthetic) -> DatasetSource:
+        return DatasetSource(root=str(tmp_path), series_dir=str(tmp_path / SERIES_DIR), train_csv=str(tmp_path / TRAIN_CSV),
+                             localizers_csv=str(tmp_path / LOCALIZERS_CSV), folds_csv=str(tmp_path / FOLDS_CSV),
+                             synthetic={"seed": 3, "size_range": [64, 64], **synthetic})
+
+    ensure_dataset(source(n_series=2))
+    first = set(pd.read_csv(tmp_path / TRAIN_CSV)[UID_COL])
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / SERIES_DIR).iterdir()}
+    assert read_settings(tmp_path) == dataset_settings(n_series=2, seed=3, size_range=(64, 64))
+
+    written = (tmp_path / SETTINGS_JSON).stat().st_mtime_ns
+    ensure_dataset(source(n_series=2))  # same settings: nothing is rewritten
+    assert (tmp_path / SETTINGS_JSON).stat().st_mtime_ns == written
+    ensure_dataset(source(n_series=3))
+    grown = set(pd.read_csv(tmp_path / TRAIN_CSV)[UID_COL])
+    assert first < grown and len(grown) == 3
+    assert all((tmp_path / SERIES_DIR / name).stat().st_mtime_ns == t for name, t in mtimes.items())
+
+    ensure_dataset(source(n_series=3, locations="uniform", positive_share=1.0))
+    uniform = pd.read_csv(tmp_path / TRAIN_CSV)
+    assert not set(uniform[UID_COL]) & grown and uniform[PRESENT_COL].all()
+    assert read_settings(tmp_path)["locations"] == "uniform"
 
 
 def test_other_seed_other_data(plans):

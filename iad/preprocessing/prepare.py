@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import logging
 from pathlib import Path
 
+from iad.labels import UID_COL, read_series_labels
 from iad.preprocessing.cache import BuildReport, SeriesCache
 from iad.preprocessing.normalize import PreprocessConfig
 
@@ -35,12 +36,15 @@ def series_folders(series_dir: str | Path) -> dict[str, Path]:
 
 
 def ensure_dataset(source: DatasetSource, workers: int = 0) -> None:
-    """Generate the synthetic dataset when configured and missing; otherwise check the tables exist."""
-    if source.synthetic is not None and not Path(source.train_csv).exists():
-        from iad.synthetic import make_dataset
+    """Generate the synthetic dataset when configured and missing or made with other settings (only the
+    missing series are rendered); otherwise check the tables exist."""
+    if source.synthetic is not None:
+        from iad.synthetic import dataset_settings, make_dataset, read_settings
 
-        log.info("generating synthetic dataset in %s (%s)", source.root, source.synthetic)
-        make_dataset(source.root, **dict(source.synthetic), workers=workers)
+        wanted = dataset_settings(**dict(source.synthetic))
+        if read_settings(source.root) != wanted:
+            log.info("generating synthetic dataset in %s (%s)", source.root, wanted)
+            make_dataset(source.root, **wanted, workers=workers)
     for path in (source.train_csv, source.series_dir):
         if not Path(path).exists():
             raise FileNotFoundError(f"dataset '{source.name}': {path} not found (set dataset.root or paths.data_dir)")
@@ -51,6 +55,11 @@ def prepare_dataset(source: DatasetSource, cache_root: str | Path, config: Prepr
     """Generate (if synthetic) and cache every series of a dataset; returns the cache and a report."""
     ensure_dataset(source, workers=workers)
     cache = SeriesCache(cache_root, config)
-    report = cache.build(series_folders(source.series_dir), workers=workers, progress=progress)
+    folders = series_folders(source.series_dir)
+    listed = set(read_series_labels(source.train_csv)[UID_COL])
+    unlisted = len(folders.keys() - listed)
+    if unlisted:
+        log.info("%d series folders are not in %s and are not cached", unlisted, source.train_csv)
+    report = cache.build({uid: path for uid, path in folders.items() if uid in listed}, workers=workers, progress=progress)
     log.info("cache %s: %s", cache.dir, report)
     return cache, report

@@ -5,6 +5,6 @@ train.csv, train_localizers.csv and train_kfold.csv. Left/right follow DICOM LPS
 patient's left, which lies on the image's right with the axial orientation used here.
 """
 
-from iad.synthetic.dataset import DatasetSummary, make_dataset
+from iad.synthetic.dataset import DatasetSummary, dataset_settings, make_dataset, read_settings
 
-__all__ = ["DatasetSummary", "make_dataset"]
+__all__ = ["DatasetSummary", "dataset_settings", "make_dataset", "read_settings"]

@@ -1,11 +1,13 @@
-"""Command line: `python -m iad.synthetic OUT --n-series N --seed S [--size-range MIN MAX] [--workers W]`."""
+"""Command line: `python -m iad.synthetic OUT --n-series N --seed S [--size-range MIN MAX]
+[--locations real|uniform] [--positive-share P] [--max-slices K] [--workers W]`."""
 
 from __future__ import annotations
 
 import argparse
 
 from iad.synthetic.dataset import make_dataset
-from iad.synthetic.plan import SIZE_RANGE
+from iad.synthetic.frequencies import LOCATION_WEIGHTS
+from iad.synthetic.plan import SIZE_RANGE, SLICES_RANGE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +19,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--size-range", type=int, nargs=2, default=SIZE_RANGE, metavar=("MIN", "MAX"), help="in-plane image size range in pixels"
     )
+    parser.add_argument("--locations", choices=sorted(LOCATION_WEIGHTS), default="real",
+                        help="aneurysm location shares: the competition's (real) or equal (uniform)")
+    parser.add_argument("--positive-share", type=float, default=None,
+                        help="share of positive series in every modality (default: the real per-modality shares)")
+    parser.add_argument("--max-slices", type=int, default=SLICES_RANGE[1], help="at most this many slices per series")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     args = parser.parse_args(argv)
-    summary = make_dataset(args.out, args.n_series, args.seed, size_range=tuple(args.size_range), workers=args.workers)
+    summary = make_dataset(args.out, args.n_series, args.seed, size_range=tuple(args.size_range),
+                           locations=args.locations, positive_share=args.positive_share,
+                           max_slices=args.max_slices, workers=args.workers)
     print(summary.format())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -17,14 +18,15 @@ from pydicom.filereader import read_file_meta_info
 from iad.folds import make_folds, write_folds
 from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITIES, MODALITY_COL, PRESENT_COL, SOP_COL, UID_COL
 from iad.synthetic.phantom import render_volume
-from iad.synthetic.plan import SIZE_RANGE, SeriesPlan, localizer, plan_series, render_rng
+from iad.synthetic.plan import SIZE_RANGE, SLICES_RANGE, SeriesPlan, localizer, plan_series, render_rng
 from iad.synthetic.writer import write_series
-from iad.utils.io import write_csv_atomic
+from iad.utils.io import write_csv_atomic, write_json_atomic
 
 SERIES_DIR = "series"
 TRAIN_CSV = "train.csv"
 LOCALIZERS_CSV = "train_localizers.csv"
 FOLDS_CSV = "train_kfold.csv"
+SETTINGS_JSON = "synthetic.json"
 AGE_COL = "PatientAge"
 SEX_COL = "PatientSex"
 TRAIN_COLUMNS: tuple[str, ...] = (UID_COL, AGE_COL, SEX_COL, MODALITY_COL, *LABEL_COLS)
@@ -89,9 +91,12 @@ def localizer_table(plans: list[SeriesPlan]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(LOCALIZER_COLUMNS)).sort_values([UID_COL, SOP_COL], ignore_index=True)
 
 
-def generate_series(seed: int, index: int, size_range: tuple[int, int], series_root: Path) -> None:
-    """Render and write one series into a temporary folder, then rename it into place."""
-    plan = plan_series(seed, index, size_range)
+def generate_series(seed: int, index: int, size_range: tuple[int, int], series_root: Path, **options) -> None:
+    """Render and write one series into a temporary folder, then rename it into place.
+
+    `options`: the other keywords of `plan_series` (locations, positive_share, max_slices).
+    """
+    plan = plan_series(seed, index, size_range, **options)
     final = series_root / plan.series_uid
     partial = series_root / f".{plan.series_uid}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -103,15 +108,16 @@ def generate_series(seed: int, index: int, size_range: tuple[int, int], series_r
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _generate_all(seed: int, indices: list[int], size_range: tuple[int, int], series_root: Path, workers: int) -> None:
+def _generate_all(seed: int, indices: list[int], size_range: tuple[int, int], series_root: Path, workers: int,
+                  options: dict) -> None:
     if workers <= 1 or len(indices) <= 1:
         for index in indices:
-            generate_series(seed, index, size_range, series_root)
+            generate_series(seed, index, size_range, series_root, **options)
         return
     # spawn: safe even when the caller already runs threads (torch, data loaders)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context) as pool:
-        futures = [pool.submit(generate_series, seed, index, size_range, series_root) for index in indices]
+        futures = [pool.submit(generate_series, seed, index, size_range, series_root, **options) for index in indices]
         for future in futures:
             future.result()
 
@@ -133,12 +139,29 @@ def _summarize(root: Path, plans: list[SeriesPlan], n_generated: int, seconds: f
     )
 
 
+def read_settings(root: str | os.PathLike) -> dict | None:
+    """The settings `make_dataset` last completed in `root` (None when it never finished there)."""
+    path = Path(root) / SETTINGS_JSON
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def dataset_settings(n_series: int = 60, seed: int = 0, size_range: tuple[int, int] = SIZE_RANGE,
+                     locations: str = "real", positive_share: float | None = None, max_slices: int = SLICES_RANGE[1]) -> dict:
+    """The full settings of a synthetic dataset (defaults filled in), as `make_dataset` records them."""
+    return {"n_series": int(n_series), "seed": int(seed), "size_range": [int(v) for v in size_range],
+            "locations": locations, "positive_share": None if positive_share is None else float(positive_share),
+            "max_slices": int(max_slices)}
+
+
 def make_dataset(
     out_dir: str | os.PathLike,
     n_series: int = 60,
     seed: int = 0,
     *,
     size_range: tuple[int, int] = SIZE_RANGE,
+    locations: str = "real",
+    positive_share: float | None = None,
+    max_slices: int = SLICES_RANGE[1],
     workers: int = 1,
 ) -> DatasetSummary:
     """Write `n_series` synthetic series and train.csv, train_localizers.csv, train_kfold.csv.
@@ -146,8 +169,13 @@ def make_dataset(
     Layout: `out_dir/series/<SeriesInstanceUID>/<random hex>.dcm`. Series `i` depends only on
     (seed, i), so a larger `n_series` adds series without changing the first ones; series already on
     disk are kept (each is written to a temporary folder and renamed when complete). `size_range`
-    bounds the in-plane image size in pixels; `workers` > 1 renders series in parallel processes.
-    Folds: 5 (fewer only when there are fewer than 5 series), stratified by `iad.folds.make_folds`.
+    bounds the in-plane image size in pixels; `locations` names the aneurysm location shares
+    ("real" or "uniform", see `frequencies.LOCATION_WEIGHTS`); `positive_share` sets the share of
+    positive series in every modality (None: the real per-modality shares); `max_slices` caps the
+    slices per series; `workers` > 1 renders series in
+    parallel processes. Folds: 5 (fewer only when there are fewer than 5 series), stratified by
+    `iad.folds.make_folds`. The settings are written last to `synthetic.json`
+    (`read_settings`), so a folder whose settings match is complete.
     """
     low, high = size_range
     if not MIN_SIZE <= low <= high:
@@ -158,11 +186,13 @@ def make_dataset(
     root = Path(out_dir)
     series_root = root / SERIES_DIR
     series_root.mkdir(parents=True, exist_ok=True)
-    plans = [plan_series(seed, index, size_range) for index in range(n_series)]
+    options = {"locations": locations, "positive_share": positive_share, "max_slices": max_slices}
+    plans = [plan_series(seed, index, size_range, **options) for index in range(n_series)]
     missing = [plan.index for plan in plans if not (series_root / plan.series_uid).is_dir()]
-    _generate_all(seed, missing, size_range, series_root, workers)
+    _generate_all(seed, missing, size_range, series_root, workers, options)
     labels = label_table(plans)
     write_csv_atomic(labels, root / TRAIN_CSV)
     write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
     write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
+    write_json_atomic(dataset_settings(n_series, seed, size_range, **options), root / SETTINGS_JSON)
     return _summarize(root, plans, len(missing), time.perf_counter() - start)

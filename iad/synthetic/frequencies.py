@@ -30,5 +30,14 @@ MULTI_LOCATION_POSITIVES = 249  # positive series with two or more location labe
 FEMALE_SERIES = 3005
 AGE_MEAN, AGE_SD, AGE_MIN, AGE_MAX = 58.5, 15.8, 18, 89
 
+# How often each location is drawn for a positive series: "real" follows the competition table;
+# "uniform" gives every location the same share, so a small dataset has positives at all 13 (a
+# 100-series set drawn with the real shares has 1-3 positives at 8 locations, which caps the
+# per-location AUCs and makes a learning check measure the draw, not the model).
+LOCATION_WEIGHTS: dict[str, dict[str, float]] = {
+    "real": {name: float(count) for name, count in LOCATION_COUNTS.items()},
+    "uniform": {name: 1.0 for name in LOCATION_COUNTS},
+}
+
 assert tuple(LOCATION_COUNTS) == LOCATION_COLS and tuple(MODALITY_COUNTS) == MODALITIES
 TOTAL_SERIES = sum(MODALITY_COUNTS.values())

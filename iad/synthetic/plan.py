@@ -19,7 +19,7 @@ from iad.labels import LOCATION_COLS, MODALITIES
 from iad.synthetic import anatomy, frequencies
 from iad.synthetic.modalities import STYLES, ModalityStyle
 
-UID_NAMESPACE = "iad-synthetic"
+UID_NAMESPACE = "iad-synthetic/2"  # bumped whenever the drawing changes: caches are keyed by UID
 SIZE_RANGE: tuple[int, int] = (96, 192)
 FIELD_OF_VIEW_MM: tuple[float, float] = (200.0, 240.0)
 SLICES_RANGE: tuple[int, int] = (24, 64)
@@ -35,6 +35,7 @@ DESCENDING_SHARE = 0.15  # series whose instance/frame order runs from head to f
 # Low-discrepancy sequences spread modalities and positives evenly over any run of indices.
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _SILVER = math.sqrt(2) - 1
+_BRONZE = (math.sqrt(13) - 3) / 2
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,10 @@ class SeriesPlan:
         return tuple(sorted({a.location for a in self.aneurysms}, key=LOCATION_COLS.index))
 
 
-def _uid(seed: int, index: int, size_range: tuple[int, int], *parts: object) -> UID:
-    # size_range takes part: a series drawn at other sizes is other data and must not share a UID.
-    return generate_uid(entropy_srcs=[UID_NAMESPACE, str(seed), str(index), str(tuple(size_range)), *map(str, parts)])
+def _uid(seed: int, index: int, variant: tuple, *parts: object) -> UID:
+    # The variant (size range, location weights) takes part: a series drawn with other settings is
+    # other data and must not share a UID.
+    return generate_uid(entropy_srcs=[UID_NAMESPACE, str(seed), str(index), *map(str, variant), *map(str, parts)])
 
 
 def _series_rng(seed: int, index: int) -> np.random.Generator:
@@ -176,22 +178,40 @@ def render_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
 
 
-def _modality_and_label(seed: int, index: int) -> tuple[str, bool]:
-    """Modality and positive flag from two interleaved Weyl sequences (shares match the real table)."""
-    offset_modality, offset_positive = np.random.default_rng(np.random.SeedSequence([seed])).random(2)
+def _weyl_offsets(seed: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([seed])).random(3)
+
+
+def _modality_and_label(seed: int, index: int, positive_share: float | None) -> tuple[str, bool]:
+    """Modality and positive flag from two interleaved Weyl sequences.
+
+    Modality shares match the real table; so do the per-modality positive shares unless
+    `positive_share` sets one share for every modality.
+    """
+    offset_modality, offset_positive, _ = _weyl_offsets(seed)
     u = (offset_modality + index * _GOLDEN) % 1.0
     v = (offset_positive + index * _SILVER) % 1.0
     cumulative = np.cumsum([frequencies.MODALITY_COUNTS[m] for m in MODALITIES]) / frequencies.TOTAL_SERIES
     modality = MODALITIES[int(np.searchsorted(cumulative, u, side="right"))]
-    positive = v < frequencies.POSITIVE_COUNTS[modality] / frequencies.MODALITY_COUNTS[modality]
-    return modality, bool(positive)
+    share = positive_share
+    if share is None:
+        share = frequencies.POSITIVE_COUNTS[modality] / frequencies.MODALITY_COUNTS[modality]
+    return modality, bool(v < share)
 
 
-def _draw_locations(rng: np.random.Generator) -> list[str]:
-    counts = np.array([frequencies.LOCATION_COUNTS[c] for c in LOCATION_COLS], dtype=float)
-    n = 2 if rng.random() < frequencies.MULTI_LOCATION_POSITIVES / frequencies.POSITIVE_SERIES else 1
-    picks = rng.choice(len(LOCATION_COLS), size=n, replace=False, p=counts / counts.sum())
-    return [LOCATION_COLS[i] for i in picks]
+def _draw_locations(seed: int, index: int, rng: np.random.Generator, weights: dict[str, float]) -> list[str]:
+    """The first location from a third Weyl sequence (so even a small dataset matches the shares), a
+    second one for the real share of multi-location series."""
+    shares = np.array([weights[c] for c in LOCATION_COLS], dtype=float)
+    shares /= shares.sum()
+    w = (_weyl_offsets(seed)[2] + index * _BRONZE) % 1.0
+    first = min(int(np.searchsorted(np.cumsum(shares), w, side="right")), len(shares) - 1)
+    picks = [first]
+    if rng.random() < frequencies.MULTI_LOCATION_POSITIVES / frequencies.POSITIVE_SERIES:
+        rest = shares.copy()
+        rest[first] = 0.0
+        picks.append(int(rng.choice(len(shares), p=rest / rest.sum())))
+    return [LOCATION_COLS[i] for i in sorted(picks)]
 
 
 def _draw_pose(rng: np.random.Generator) -> Pose:
@@ -202,14 +222,15 @@ def _draw_pose(rng: np.random.Generator) -> Pose:
     )
 
 
-def _draw_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int]) -> Geometry:
+def _draw_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int],
+                   max_slices: int) -> Geometry:
     lo, hi = size_range
     columns = int(rng.integers(lo // 8, hi // 8 + 1)) * 8
     rows = columns if rng.random() < 0.7 else min(hi, columns + 16 * int(rng.integers(1, 3)))
     pixel = round(float(rng.uniform(*FIELD_OF_VIEW_MM)) / columns, 4)
 
     z_lo, z_hi = (pose.translation[2] + pose.scale * z for z in anatomy.REQUIRED_Z_RANGE)
-    min_slices, max_slices = SLICES_RANGE
+    min_slices = SLICES_RANGE[0]
     step = round(max(float(rng.uniform(*style.slice_spacing)), (z_hi - z_lo) / (max_slices - 1)), 4)
     needed = math.ceil((z_hi - z_lo) / step) + 1
     slices = int(np.clip(max(needed, round(rng.uniform(*SLAB_MM) / step)), min_slices, max_slices))
@@ -291,19 +312,33 @@ def _draw_appearance(rng: np.random.Generator, style: ModalityStyle) -> Appearan
     )
 
 
-def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE) -> SeriesPlan:
-    """Draw every choice for series `index` of the dataset made with `seed`."""
+def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE, locations: str = "real",
+                positive_share: float | None = None, max_slices: int = SLICES_RANGE[1]) -> SeriesPlan:
+    """Draw every choice for series `index` of the dataset made with `seed`.
+
+    `locations` names the aneurysm location shares (`frequencies.LOCATION_WEIGHTS`: real or
+    uniform); `positive_share` sets the share of positive series in every modality (None: the real
+    per-modality shares); `max_slices` caps the slices per series (the slab still covers every
+    aneurysm location, with thicker slices when needed).
+    """
+    if not SLICES_RANGE[0] <= max_slices <= SLICES_RANGE[1]:
+        raise ValueError(f"max_slices must be in {list(SLICES_RANGE)}, got {max_slices}")
+    if locations not in frequencies.LOCATION_WEIGHTS:
+        raise ValueError(f"locations must be one of {sorted(frequencies.LOCATION_WEIGHTS)}, got {locations!r}")
+    if positive_share is not None and not 0.0 <= positive_share <= 1.0:
+        raise ValueError(f"positive_share must be in [0, 1] or None, got {positive_share}")
+    variant = (tuple(size_range), locations, positive_share, max_slices)
     rng = _series_rng(seed, index)
-    modality, positive = _modality_and_label(seed, index)
+    modality, positive = _modality_and_label(seed, index, positive_share)
     style = STYLES[modality]
     pose = _draw_pose(rng)
-    geometry = _draw_geometry(rng, style, pose, size_range)
+    geometry = _draw_geometry(rng, style, pose, size_range, max_slices)
     warp = _smooth_warp(rng)
     radius_scale = rng.uniform(0.9, 1.1)
     arteries = _place_vessels(anatomy.ARTERIES, warp, pose, radius_scale)
     veins = _place_vessels(anatomy.VEINS, warp, pose, 1.0)
-    locations = _draw_locations(rng) if positive else []
-    aneurysms = tuple(_draw_aneurysm(rng, location, arteries, pose) for location in locations)
+    drawn = _draw_locations(seed, index, rng, frequencies.LOCATION_WEIGHTS[locations]) if positive else []
+    aneurysms = tuple(_draw_aneurysm(rng, location, arteries, pose) for location in drawn)
     bulges = _draw_bulges(rng, arteries)
     n_files = 1 if style.multi_frame else geometry.shape[0]
     codec_draw = rng.random()
@@ -316,10 +351,10 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE)
         modality=modality,
         age=age,
         sex="Female" if female else "Male",
-        study_uid=_uid(seed, index, size_range, "study"),
-        series_uid=_uid(seed, index, size_range, "series"),
-        frame_of_reference_uid=_uid(seed, index, size_range, "frame-of-reference"),
-        sop_uids=tuple(_uid(seed, index, size_range, "sop", i) for i in range(n_files)),
+        study_uid=_uid(seed, index, variant, "study"),
+        series_uid=_uid(seed, index, variant, "series"),
+        frame_of_reference_uid=_uid(seed, index, variant, "frame-of-reference"),
+        sop_uids=tuple(_uid(seed, index, variant, "sop", i) for i in range(n_files)),
         file_names=tuple(rng.bytes(16).hex() + ".dcm" for _ in range(n_files)),
         geometry=geometry,
         pose=pose,
