@@ -40,6 +40,20 @@ def test_train_items_use_localizer_window_or_boxes():
     assert positive_slices(localizers.iloc[:0], None, 12, 2).size == 0
 
 
+def test_background_slices_of_positive_series_are_far_negatives():
+    series = series_table().assign(slice_mm=[1.0, 2.0, 1.0])
+    localizers = pd.DataFrame({UID_COL: ["1.1"], "slice_index": [5], "x": [3.0], "y": [4.0]})
+    items = train_items(series, localizers, None, window=1, background_mm=6.0)
+    positive_series = items[items["series"] == 1]
+    assert sorted(positive_series.loc[positive_series["positive"], "z"]) == [4, 5, 6]
+    # 2 mm slices: 3 slices (6 mm) from the nearest aneurysm slice 4 or 6
+    background = positive_series.loc[positive_series["background"], "z"]
+    assert sorted(background) == [0, 1, 9, 10, 11]
+    assert not positive_series.loc[positive_series["background"], "positive"].any()
+    assert not items.loc[items["series"] != 1, "background"].any()
+    assert not train_items(series, localizers, None, window=1)["background"].any()
+
+
 def test_eval_items_stride_keeps_last_slice():
     items = eval_items(series_table(), stride=4)
     assert sorted(items.loc[items["series"] == 1, "z"]) == [0, 4, 8, 11]
@@ -88,16 +102,21 @@ def test_slice_input_crops_the_box_before_resizing():
     assert image.shape == (10, 10, 3) and (image == 200).all()
 
 
-def make_dataset(transform, masks=None) -> SliceDataset:
+def make_dataset(transform, masks=None, background=False) -> SliceDataset:
     series = series_table((3,), (1,))
     volume = np.zeros((3, 16, 16), np.uint8)
     volume[:, 4:8, 2:6] = 255  # a bright patch on the image's left
-    items = pd.DataFrame({"series": [0], "z": [1]})
+    items = pd.DataFrame({"series": [0], "z": [1], "background": [background]})
     labels = series[list(LABEL_COLS)].to_numpy(np.float32)
     points = {0: np.array([[1, 4.0, 6.0]])}
     return SliceDataset(series, items, labels, lambda uid: volume, SliceInput(16, mean=(0, 0, 0), std=(1, 1, 1)),
                         [(0, 0, 1, 1)], transform=transform, masks=masks, localizer_points=points,
                         spacings=[(1.0, 1.0, 1.0)])
+
+
+def test_background_items_train_with_all_zero_targets():
+    assert make_dataset(None)[0]["target"].sum() == 2  # Left MCA + present
+    assert make_dataset(None, background=True)[0]["target"].sum() == 0
 
 
 def test_horizontal_flip_swaps_left_and_right_labels_and_mask():

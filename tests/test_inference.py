@@ -26,7 +26,8 @@ def trained(tmp_path_factory) -> dict:
     """A 2-fold demo sweep that has learned something, and unseen synthetic series to predict."""
     root = tmp_path_factory.mktemp("infer")
     args = ["-m", *tiny_overrides(root / "data", root / "logs", n_series=24), "data.fold=0,1", "name=exp2tiny",
-            "trainer.max_epochs=3", "data.input.img_size=48", "data.negative_fraction=0.5"]
+            "trainer.max_epochs=3", "data.input.img_size=48", "data.negative_fraction=0.5",
+            "data.val_stride=1"]  # the OOF then scores every slice, as the predictor does
     out = run_train(args, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     unseen = root / "unseen"
@@ -69,7 +70,8 @@ def test_dicom_and_cached_paths_agree(trained):
     predictor = Predictor.load(trained["sweep"])
     model = predictor.members[0].models[0]
     cache = SeriesCache(model.config["paths"]["cache_dir"], model.preprocess)
-    series_root = trained["root"] / "data" / "synthetic" / "series"
+    series_root = Path(model.config["dataset"]["series_dir"])
+    assert series_root.is_relative_to(trained["root"])
     for folder in sorted(series_root.iterdir())[:4]:
         from_dicom = predictor.predict(folder)
         from_cache = predictor.predict_volume(cache.volume(folder.name), cache.mean_image(folder.name), model.preprocess.key)

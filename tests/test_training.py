@@ -77,7 +77,8 @@ def test_fast_dev_run(workspace):
 
 @pytest.fixture(scope="module")
 def sweep(workspace) -> tuple[Path, subprocess.CompletedProcess]:
-    args = ["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,1", "name=sweep2"]
+    args = ["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,1", "name=sweep2",
+            "model.ema_decay=0.99"]  # the real experiments keep an EMA copy: checkpoints must carry it
     out = run_train(args)
     return workspace / "logs" / "train" / "sweeps" / "sweep2", out
 

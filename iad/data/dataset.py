@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from iad.data.crops import center_crop
 from iad.data.inputs import SliceInput
 from iad.data.masks import box_mask, sphere_mask
-from iad.data.slices import SERIES_COL, SLICE_COL
+from iad.data.slices import BACKGROUND_COL, SERIES_COL, SLICE_COL
 from iad.labels import FLIP_PERM
 
 FLIP_NAMES = frozenset({"HorizontalFlip"})
@@ -33,6 +33,7 @@ class SliceDataset(Dataset):
 
     `volume_of(uid)` returns the cached Z×H×W uint8 volume (memory-mapped). A horizontal flip in the
     albumentations `transform` (built with `save_applied_params=True`) swaps left/right labels.
+    Items marked `background` (slices far from a positive series' aneurysms) get all-zero targets.
     """
 
     def __init__(self, series: pd.DataFrame, items: pd.DataFrame, labels: np.ndarray,
@@ -43,6 +44,7 @@ class SliceDataset(Dataset):
         self.uids = series["SeriesInstanceUID"].tolist()
         self.rows = items[SERIES_COL].to_numpy(np.int64)
         self.slices = items[SLICE_COL].to_numpy(np.int64)
+        self.background = items[BACKGROUND_COL].to_numpy(bool) if BACKGROUND_COL in items else np.zeros(len(items), bool)
         self.labels = labels
         self.volume_of = volume_of
         self.input = slice_input
@@ -81,7 +83,7 @@ class SliceDataset(Dataset):
             image, mask = self.input.image(volume, z, self.boxes[row]), None
         else:
             image, mask = self.input.image(volume, z, self.boxes[row], self.mask(row, z, *volume.shape[1:]))
-        target = self.labels[row]
+        target = np.zeros_like(self.labels[row]) if self.background[index] else self.labels[row]
         if self.transform is not None:
             out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
             image, mask = out["image"], out.get("mask", mask)

@@ -17,7 +17,7 @@ from iad.data.crops import FULL_BOX, head_box, read_crop_table
 from iad.data.dataset import MaskSpec, SliceDataset
 from iad.data.inputs import SliceInput
 from iad.data.samplers import NegativeSubsampler
-from iad.data.slices import SERIES_COL, eval_items, holdout_split, series_labels, train_items
+from iad.data.slices import SERIES_COL, SLICE_MM_COL, eval_items, holdout_split, series_labels, train_items
 from iad.folds import make_folds, read_folds, write_folds
 from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
 from iad.preprocessing import DatasetSource, PreprocessConfig, SeriesCache, prepare_dataset
@@ -32,6 +32,9 @@ class RSNASliceDataModule(pl.LightningDataModule):
         series, stratified by modality and presence, to monitor).
     positive_window: slices either side of a localizer used from positive series when the series
         has no drawn boxes (boxes, when `use_boxes` and the dataset has them, take precedence).
+    background_mm: also train, as negatives, the slices of positive series at least this far (mm)
+        from every aneurysm slice (None: positive series give only their aneurysm slices, as the
+        reference).
     negative_fraction: share of negative slices drawn afresh each epoch.
     val_stride: every n-th slice of a validation series is scored.
     crop_table: CSV of per-series normalised crop boxes (from the brain detector); without it a
@@ -43,7 +46,7 @@ class RSNASliceDataModule(pl.LightningDataModule):
 
     def __init__(self, dataset: DatasetSource, preprocess: PreprocessConfig, cache_dir: str,
                  input: SliceInput, fold: int | None = 0, holdout_series: int = 0, seed: int = 42,
-                 positive_window: int = 2, negative_fraction: float = 1.0, val_stride: int = 1,
+                 positive_window: int = 2, background_mm: float | None = None, negative_fraction: float = 1.0, val_stride: int = 1,
                  head_crop: bool = True, crop_table: str | None = None, val_center_crop: float = 1.0,
                  train_transform=None, masks: MaskSpec | dict | None = None, use_boxes: bool = True,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
@@ -57,6 +60,7 @@ class RSNASliceDataModule(pl.LightningDataModule):
         self.holdout_series = holdout_series
         self.seed = seed
         self.positive_window = positive_window
+        self.background_mm = background_mm
         self.negative_fraction = negative_fraction
         self.val_stride = val_stride
         self.head_crop = head_crop
@@ -97,6 +101,7 @@ class RSNASliceDataModule(pl.LightningDataModule):
             series = series.groupby("fold", group_keys=False).head(self.series_limit).reset_index(drop=True)
         metas = [cache.meta(uid) for uid in series[UID_COL]]
         series["n_slices"] = [m.shape[0] for m in metas]
+        series[SLICE_MM_COL] = [m.spacing[0] for m in metas]
         self.spacings = [tuple(m.spacing) for m in metas]
         self.crop_boxes = self._crop_boxes(series, cache)
         geometry = {m.series_uid: m.geometry for m in metas}
@@ -159,7 +164,8 @@ class RSNASliceDataModule(pl.LightningDataModule):
                 raise ValueError(f"fold {self.fold} not in the fold file (folds: {sorted(set(series['fold']))})")
             train_rows = np.flatnonzero(series["fold"].to_numpy() != self.fold)
             val_rows = np.flatnonzero(series["fold"].to_numpy() == self.fold)
-        train = train_items(series.iloc[train_rows], self.localizers, self.boxes, self.positive_window)
+        train = train_items(series.iloc[train_rows], self.localizers, self.boxes, self.positive_window,
+                            self.background_mm)
         train[SERIES_COL] = train_rows[train[SERIES_COL].to_numpy()]
         if train.attrs.get("dropped_positive"):
             log.warning("%d positive training series have no localizer/box and give no slice",

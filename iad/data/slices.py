@@ -13,6 +13,8 @@ from iad.labels import LABEL_COLS, MODALITY_COL, PRESENT_COL, UID_COL
 
 SERIES_COL = "series"  # row of the series table an item belongs to
 SLICE_COL = "z"
+BACKGROUND_COL = "background"  # a slice of a positive series far from its aneurysms: trained with all labels 0
+SLICE_MM_COL = "slice_mm"  # slice spacing of a series (mm), in the series table
 
 
 def positive_slices(localizers: pd.DataFrame, boxes: pd.DataFrame | None, n_slices: int, window: int) -> np.ndarray:
@@ -32,11 +34,15 @@ def positive_slices(localizers: pd.DataFrame, boxes: pd.DataFrame | None, n_slic
 
 
 def train_items(series: pd.DataFrame, localizers: pd.DataFrame, boxes: pd.DataFrame | None,
-                window: int) -> pd.DataFrame:
+                window: int, background_mm: float | None = None) -> pd.DataFrame:
     """Every slice of negative series; only aneurysm slices of positive series (as the reference).
 
-    A positive series with neither localizers nor boxes contributes no slice (its label cannot be
-    placed) and is counted in the `dropped_positive` attribute of the result.
+    With `background_mm`, slices of a positive series at least that far (mm, through-plane, needs
+    the series table's `slice_mm`) from every aneurysm slice are added as negative items whose
+    targets are all 0 (`background` column): the same anatomy without the aneurysm, which keeps a
+    model from learning a positive series' look instead of the aneurysm. A positive series with
+    neither localizers nor boxes contributes no slice (its label cannot be placed) and is counted in
+    the `dropped_positive` attribute of the result.
     """
     by_series_loc = dict(tuple(localizers.groupby(UID_COL))) if len(localizers) else {}
     by_series_box = dict(tuple(boxes.groupby(UID_COL))) if boxes is not None and len(boxes) else {}
@@ -44,16 +50,22 @@ def train_items(series: pd.DataFrame, localizers: pd.DataFrame, boxes: pd.DataFr
     for row, record in enumerate(series.itertuples(index=False)):
         uid, n_slices = getattr(record, UID_COL), int(record.n_slices)
         if series[PRESENT_COL].iat[row] == 0:
-            z = np.arange(n_slices)
-            positive = False
-        else:
-            z = positive_slices(by_series_loc.get(uid, localizers.iloc[:0]), by_series_box.get(uid), n_slices, window)
-            positive = True
-            dropped += int(len(z) == 0)
-        parts.append(pd.DataFrame({SERIES_COL: row, SLICE_COL: z, "positive": positive}))
-    items = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[SERIES_COL, SLICE_COL, "positive"])
+            parts.append(_items(row, np.arange(n_slices), positive=False))
+            continue
+        z = positive_slices(by_series_loc.get(uid, localizers.iloc[:0]), by_series_box.get(uid), n_slices, window)
+        dropped += int(len(z) == 0)
+        parts.append(_items(row, z, positive=True))
+        if background_mm is not None and len(z):
+            distance_mm = np.abs(np.arange(n_slices)[:, None] - z[None, :]).min(axis=1) * float(series[SLICE_MM_COL].iat[row])
+            parts.append(_items(row, np.flatnonzero(distance_mm >= background_mm), positive=False, background=True))
+    columns = [SERIES_COL, SLICE_COL, "positive", BACKGROUND_COL]
+    items = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     items.attrs["dropped_positive"] = dropped
     return items
+
+
+def _items(row: int, z: np.ndarray, positive: bool, background: bool = False) -> pd.DataFrame:
+    return pd.DataFrame({SERIES_COL: row, SLICE_COL: z, "positive": positive, BACKGROUND_COL: background})
 
 
 def eval_items(series: pd.DataFrame, stride: int = 1) -> pd.DataFrame:

@@ -89,7 +89,8 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
     from iad.training.callbacks import OOFWriter
 
     oof_writer = OOFWriter(run_dir)  # restored from last.ckpt on resume, so `best` spans the whole run
-    trainer = instantiate(cfg.trainer, callbacks=_build_callbacks(cfg, run_dir, has_validation, oof_writer),
+    callbacks = _build_callbacks(cfg, run_dir, has_validation, oof_writer)
+    trainer = instantiate(_validated_trainer(cfg.trainer, has_validation), callbacks=callbacks,
                           logger=loggers or False, default_root_dir=str(run_dir))
     last = run_dir / CHECKPOINT_DIR / LAST_CKPT
     resume = last if last.exists() and not trainer.fast_dev_run else None
@@ -119,6 +120,25 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
     print(f"{fold_name(cfg.data.fold)}: validation weighted AUC "
           f"{'n/a' if score is None else f'{score:.4f}'} ({result['best_variant']} weights, epoch {result['best_epoch']})")
     return result
+
+
+def _validated_trainer(trainer_cfg: DictConfig, has_validation: bool) -> DictConfig:
+    """The trainer config with a `check_val_every_n_epoch` that works for this run.
+
+    Without validation it is 1: Lightning's ModelCheckpoint saves at the end of training epochs only
+    then. With validation, an interval beyond `max_epochs` (e.g. `trainer.max_epochs=1` on an
+    experiment that validates every 2nd epoch) becomes `max_epochs`, so the run still validates.
+    """
+    every, epochs = trainer_cfg.get("check_val_every_n_epoch"), trainer_cfg.get("max_epochs")
+    if not every or every == 1:
+        return trainer_cfg
+    if not has_validation:
+        return OmegaConf.merge(trainer_cfg, {"check_val_every_n_epoch": 1})
+    if not epochs or epochs < 0 or every <= epochs:
+        return trainer_cfg
+    log.warning("trainer.check_val_every_n_epoch=%d > trainer.max_epochs=%d: validating at epoch %d instead",
+                every, epochs, epochs)
+    return OmegaConf.merge(trainer_cfg, {"check_val_every_n_epoch": epochs})
 
 
 def _finish_wandb() -> None:
