@@ -44,6 +44,7 @@ test-slow: venv
 bench: venv
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/predict.py
 
 clean:
 	rm -rf .cache outputs multirun benchmarks/_work

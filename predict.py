@@ -37,7 +37,6 @@ def oof(cfg: DictConfig) -> None:
 
     _, report, path = rescore_sweep(cfg.model_path, hflip=bool(cfg.tta.hflip), center_crop=cfg.tta.center_crop,
                                     batch_size=cfg.batch_size, device=cfg.device)
-    report["folds"] = {}
     print(f"{format_report(report)}\n→ {path}")
 
 

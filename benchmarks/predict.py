@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import cv2
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from prepare import WORK, write_ct_series
+from prepare import ct_series
 import torch
 
 from iad.inference.models import LoadedModel
@@ -41,12 +42,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    import cv2
-
     cv2.setNumThreads(1)
-    folder = WORK / f"ct_{args.slices}x{args.size}"
-    if len(list(folder.glob("*.dcm"))) != args.slices:
-        write_ct_series(folder, args.slices, args.size)
+    folder = ct_series(args.slices, args.size)[0].parent
     predictor = Predictor([Member("demo", 1.0, [demo_model()])], batch_size=64)
     predictor.predict_with_timings(folder)  # warm-up
     runs = [predictor.predict_with_timings(folder).timings.as_dict() for _ in range(args.repeats)]

@@ -95,6 +95,16 @@ def run_iad(folder: Path, out: Path) -> None:
     cache_series(folder, target, PreprocessConfig())
 
 
+def ct_series(slices: int, size: int) -> list[Path]:
+    """The benchmark's CT series files, written once into the work folder (a partial folder is rewritten)."""
+    folder = WORK / f"ct_{slices}x{size}"
+    paths = sorted(folder.glob("*.dcm")) if folder.exists() else []
+    if len(paths) != slices:
+        shutil.rmtree(folder, ignore_errors=True)
+        paths = write_ct_series(folder, slices, size)
+    return paths
+
+
 def median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -111,11 +121,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    folder = WORK / f"ct_{args.slices}x{args.size}"
-    paths = sorted(folder.glob("*.dcm")) if folder.exists() else []
-    if len(paths) != args.slices:
-        shutil.rmtree(folder, ignore_errors=True)
-        paths = write_ct_series(folder, args.slices, args.size)
+    paths = ct_series(args.slices, args.size)
+    folder = paths[0].parent
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         out = Path(tmp)
         (out / "iad").mkdir()

@@ -59,7 +59,7 @@ def format_report(report: dict) -> str:
     """Plain-text CV table: per fold, per modality, per label."""
     fmt = lambda v: "  nan " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     lines = [f"{'':<44}{'weighted AUC':>14}{'series':>8}"]
-    for name, fold in report["folds"].items():
+    for name, fold in report.get("folds", {}).items():
         flag = "" if fold.get("complete") else ("  (failed)" if fold.get("failed") else "  (incomplete)")
         lines.append(f"{name:<44}{fmt(fold.get('weighted_auc')):>14}{fold.get('n_series', 0):>8}{flag}")
     lines.append(f"{'all folds (OOF)':<44}{fmt(report['weighted_auc']):>14}{report['n_series']:>8}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import polars as pl
+import torch
 
 from iad.inference.predictor import Predictor
 from iad.labels import LABEL_COLS
@@ -27,15 +28,9 @@ def get_predictor() -> Predictor:
         path = os.environ.get(MODEL_ENV)
         if not path:
             raise RuntimeError(f"set ${MODEL_ENV} to a bundle, ensemble spec, sweep or run folder")
-        device = "cuda" if _cuda_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         _predictor = Predictor.load(path, device=device, time_budget_s=float(os.environ.get("IAD_TIME_BUDGET_S", 1500)))
     return _predictor
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def predict(series_path: str) -> pl.DataFrame:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from iad.data.inputs import SliceInput
+from iad.evaluation.cv import fold_runs
 from iad.labels import LABEL_COLS
 from iad.preprocessing import PreprocessConfig
 from iad.training.run import BEST_CKPT, CHECKPOINT_DIR
@@ -78,7 +79,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         net=net,
         class_logits=module.class_logits,
         slice_input=SliceInput(**data["input"]),
-        preprocess=PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["preprocess"].items()}),
+        preprocess=PreprocessConfig(**data["preprocess"]),
         head_crop=bool(data.get("head_crop", True)),
         val_center_crop=float(data.get("val_center_crop", 1.0)),
         aggregation=config["model"].get("aggregation", "max"),
@@ -114,7 +115,7 @@ def checkpoints_in(path: str | Path) -> list[Path]:
     run_ckpt = path / CHECKPOINT_DIR / BEST_CKPT
     if run_ckpt.exists():
         return [run_ckpt]
-    folds = sorted(path.glob(f"fold_*/{CHECKPOINT_DIR}/{BEST_CKPT}"))
+    folds = [ckpt for run in fold_runs(path) if (ckpt := run / CHECKPOINT_DIR / BEST_CKPT).exists()]
     if folds:
         return folds
     exported = sorted(path.glob("*.pt"))

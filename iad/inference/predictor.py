@@ -138,27 +138,35 @@ class Predictor:
         return self._blend(volume_for, Timings(), None)
 
     def _blend(self, volume_for, timings: Timings, deadline: float | None) -> dict[str, float]:
+        stacks: dict[tuple, torch.Tensor] = {}  # the fold models of a member usually share one input
+
+        def input_for(model: LoadedModel, member: Member) -> torch.Tensor:
+            ratio = model.val_center_crop if member.center_crop is None else member.center_crop
+            key = (model.preprocess.key, repr(model.slice_input.describe()), model.head_crop, ratio)
+            if key not in stacks:
+                pixels, mean_image = volume_for(model.preprocess)
+                start = time.perf_counter()
+                box = center_crop(head_box(mean_image) if model.head_crop else FULL_BOX, ratio)
+                stacks[key] = torch.stack([model.slice_input(pixels, z, box) for z in range(pixels.shape[0])])
+                timings.model += time.perf_counter() - start
+            return stacks[key]
+
         blended = np.zeros(len(LABEL_COLS))
         for member in self.members:
             fold_probs = []
             for model in member.models:
-                volume = volume_for(model.preprocess)
+                stack = input_for(model, member)
                 _check_deadline(deadline)
-                fold_probs.append(self._model_series(model, member, volume, timings, deadline))
+                fold_probs.append(self._model_series(model, member, stack, timings, deadline))
             blended += member.weight * np.mean(fold_probs, axis=0)
         return dict(zip(LABEL_COLS, np.clip(blended, 0.0, 1.0).tolist()))
 
-    def _model_series(self, model: LoadedModel, member: Member, volume: tuple[np.ndarray, np.ndarray],
+    def _model_series(self, model: LoadedModel, member: Member, stack: torch.Tensor,
                       timings: Timings, deadline: float | None) -> np.ndarray:
-        pixels, mean_image = volume
+        """Series probabilities of one model from its uint8 slice inputs (Z×C×H×W)."""
         start = time.perf_counter()
-        box = head_box(mean_image) if model.head_crop else FULL_BOX
-        ratio = model.val_center_crop if member.center_crop is None else member.center_crop
-        box = center_crop(box, ratio)
         slice_probs = []
-        for first in range(0, pixels.shape[0], self.batch_size):
-            batch = torch.stack([model.slice_input(pixels, z, box)
-                                 for z in range(first, min(first + self.batch_size, pixels.shape[0]))])
+        for batch in stack.split(self.batch_size):
             images = model.slice_input.normalize(batch.to(self.device))
             slice_probs.append(self._tta_probabilities(model, images, member.hflip))
             _check_deadline(deadline)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from iad.inference.predictor import Predictor
 from iad.labels import LABEL_COLS, UID_COL
+from iad.preprocessing import series_folders
 from iad.utils.io import write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def series_folders_in(path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input {path} is not a folder")
     if any(p.is_file() for p in path.iterdir()):
         return [path]
-    return sorted(p for p in path.iterdir() if p.is_dir())
+    return list(series_folders(path).values())
 
 
 def predict_folder(predictor: Predictor, input_dir: str | Path, out_dir: str | Path,

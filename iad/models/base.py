@@ -121,7 +121,7 @@ class SeriesModule(pl.LightningModule):
         for col, auc in zip(LABEL_COLS, per_label):
             if not torch.isnan(auc):
                 self.log(f"val_auc/{col}", auc, sync_dist=False)
-        self.val_outputs = {"variant": best, "score": float(score), "series": series.numpy(), "preds": preds.numpy()}
+        self.val_outputs = {"series": series.numpy(), "preds": preds.numpy()}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])

@@ -87,7 +87,7 @@ class SeriesMeta:
         return SeriesGeometry(index_of=self.index_of, scale_x=sx, scale_y=sy)
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, blob: dict) -> SeriesMeta:

@@ -32,7 +32,7 @@ DISTRACTOR_COUNT_P: tuple[float, ...] = (0.35, 0.3, 0.2, 0.15)  # P(0, 1, 2, 3 b
 WARP_MM: tuple[float, float] = (0.5, 2.0)  # amplitude of the smooth vessel displacement (tortuosity)
 CODEC_SHARES: dict[str, float] = {"RLE": 0.2, "J2K": 0.1}  # the rest stays uncompressed
 DESCENDING_SHARE = 0.15  # series whose instance/frame order runs from head to feet
-# Low-discrepancy sequences spread modalities and positives evenly over any run of indices.
+# Low-discrepancy sequences spread modalities, positives and locations evenly over any run of indices.
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _SILVER = math.sqrt(2) - 1
 _BRONZE = (math.sqrt(13) - 3) / 2
@@ -178,19 +178,19 @@ def render_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
 
 
-def _weyl_offsets(seed: int) -> np.ndarray:
-    return np.random.default_rng(np.random.SeedSequence([seed])).random(3)
+def _weyl_draws(seed: int, index: int) -> np.ndarray:
+    """Series `index`'s values of three Weyl sequences (modality, positive flag, first location), each
+    offset by the seed: any run of indices spreads over [0, 1) far more evenly than random draws."""
+    offsets = np.random.default_rng(np.random.SeedSequence([seed])).random(3)
+    return (offsets + index * np.array([_GOLDEN, _SILVER, _BRONZE])) % 1.0
 
 
-def _modality_and_label(seed: int, index: int, positive_share: float | None) -> tuple[str, bool]:
-    """Modality and positive flag from two interleaved Weyl sequences.
+def _modality_and_label(u: float, v: float, positive_share: float | None) -> tuple[str, bool]:
+    """Modality and positive flag from two Weyl sequence values.
 
     Modality shares match the real table; so do the per-modality positive shares unless
     `positive_share` sets one share for every modality.
     """
-    offset_modality, offset_positive, _ = _weyl_offsets(seed)
-    u = (offset_modality + index * _GOLDEN) % 1.0
-    v = (offset_positive + index * _SILVER) % 1.0
     cumulative = np.cumsum([frequencies.MODALITY_COUNTS[m] for m in MODALITIES]) / frequencies.TOTAL_SERIES
     modality = MODALITIES[int(np.searchsorted(cumulative, u, side="right"))]
     share = positive_share
@@ -199,12 +199,11 @@ def _modality_and_label(seed: int, index: int, positive_share: float | None) -> 
     return modality, bool(v < share)
 
 
-def _draw_locations(seed: int, index: int, rng: np.random.Generator, weights: dict[str, float]) -> list[str]:
-    """The first location from a third Weyl sequence (so even a small dataset matches the shares), a
+def _draw_locations(w: float, rng: np.random.Generator, weights: dict[str, float]) -> list[str]:
+    """The first location from the Weyl value `w` (so even a small dataset matches the shares), a
     second one for the real share of multi-location series."""
     shares = np.array([weights[c] for c in LOCATION_COLS], dtype=float)
     shares /= shares.sum()
-    w = (_weyl_offsets(seed)[2] + index * _BRONZE) % 1.0
     first = min(int(np.searchsorted(np.cumsum(shares), w, side="right")), len(shares) - 1)
     picks = [first]
     if rng.random() < frequencies.MULTI_LOCATION_POSITIVES / frequencies.POSITIVE_SERIES:
@@ -329,7 +328,8 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE,
         raise ValueError(f"positive_share must be in [0, 1] or None, got {positive_share}")
     variant = (tuple(size_range), locations, positive_share, max_slices)
     rng = _series_rng(seed, index)
-    modality, positive = _modality_and_label(seed, index, positive_share)
+    u, v, w = _weyl_draws(seed, index)
+    modality, positive = _modality_and_label(u, v, positive_share)
     style = STYLES[modality]
     pose = _draw_pose(rng)
     geometry = _draw_geometry(rng, style, pose, size_range, max_slices)
@@ -337,7 +337,7 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE,
     radius_scale = rng.uniform(0.9, 1.1)
     arteries = _place_vessels(anatomy.ARTERIES, warp, pose, radius_scale)
     veins = _place_vessels(anatomy.VEINS, warp, pose, 1.0)
-    drawn = _draw_locations(seed, index, rng, frequencies.LOCATION_WEIGHTS[locations]) if positive else []
+    drawn = _draw_locations(w, rng, frequencies.LOCATION_WEIGHTS[locations]) if positive else []
     aneurysms = tuple(_draw_aneurysm(rng, location, arteries, pose) for location in drawn)
     bulges = _draw_bulges(rng, arteries)
     n_files = 1 if style.multi_frame else geometry.shape[0]

@@ -1,6 +1,5 @@
 """Training: one fold run (`train`) and what it leaves behind."""
 
 from iad.training.run import BEST_CKPT, CHECKPOINT_DIR, LAST_CKPT, train
-from iad.utils.config import fold_name
 
-__all__ = ["BEST_CKPT", "CHECKPOINT_DIR", "LAST_CKPT", "fold_name", "train"]
+__all__ = ["BEST_CKPT", "CHECKPOINT_DIR", "LAST_CKPT", "train"]

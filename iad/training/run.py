@@ -45,7 +45,9 @@ def _build_callbacks(cfg: DictConfig, run_dir: Path, has_validation: bool, oof_w
         WandbReport(run_dir),
         ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename=Path(BEST_CKPT).stem,
                         monitor=MONITOR if has_validation else None, mode="max", save_top_k=1,
-                        save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+                        save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+                        # without validation, save at the end of each training epoch whatever the validation interval
+                        save_on_train_epoch_end=None if has_validation else True),
     ]
     return callbacks
 
@@ -123,18 +125,10 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
 
 
 def _validated_trainer(trainer_cfg: DictConfig, has_validation: bool) -> DictConfig:
-    """The trainer config with a `check_val_every_n_epoch` that works for this run.
-
-    Without validation it is 1: Lightning's ModelCheckpoint saves at the end of training epochs only
-    then. With validation, an interval beyond `max_epochs` (e.g. `trainer.max_epochs=1` on an
-    experiment that validates every 2nd epoch) becomes `max_epochs`, so the run still validates.
-    """
+    """The trainer config, validating at the last epoch when `check_val_every_n_epoch` would skip every
+    epoch (e.g. `trainer.max_epochs=1` on an experiment that validates every 2nd epoch)."""
     every, epochs = trainer_cfg.get("check_val_every_n_epoch"), trainer_cfg.get("max_epochs")
-    if not every or every == 1:
-        return trainer_cfg
-    if not has_validation:
-        return OmegaConf.merge(trainer_cfg, {"check_val_every_n_epoch": 1})
-    if not epochs or epochs < 0 or every <= epochs:
+    if not (has_validation and every and epochs and 0 < epochs < every):
         return trainer_cfg
     log.warning("trainer.check_val_every_n_epoch=%d > trainer.max_epochs=%d: validating at epoch %d instead",
                 every, epochs, epochs)
