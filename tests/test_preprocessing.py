@@ -235,3 +235,24 @@ def test_prepare_caches_only_the_series_the_label_table_lists(tmp_path):
                            localizers_csv=str(root / "train_localizers.csv"), folds_csv=str(root / "train_kfold.csv"))
     cache, report = prepare_dataset(source, tmp_path / "cache", PreprocessConfig(image_size=32), progress=False)
     assert {uid for uid in listed["SeriesInstanceUID"] if cache.has(uid)} == set(listed["SeriesInstanceUID"].iloc[:2])
+
+
+def test_ct_series_with_an_undecodable_file_fails_instead_of_caching_a_blank_slice(tmp_path, monkeypatch):
+    import iad.dicom.pixels as pixels
+
+    folder = tmp_path / "series" / "1.2.3.9"
+    write_ct_series(folder, n=4)
+    broken = sorted(folder.iterdir())[1]
+    decode = pixels._read_file_frames
+
+    def failing_decoder(path, *args):  # what a corrupt compressed file does inside the codec
+        if Path(path) == broken:
+            raise ValueError("corrupt codestream")
+        return decode(path, *args)
+
+    monkeypatch.setattr(pixels, "_read_file_frames", failing_decoder)
+    cache = SeriesCache(tmp_path / "cache", PreprocessConfig())
+    with pytest.warns(Warning, match="unreadable pixels"):
+        report = cache.build({"1.2.3.9": folder}, progress=False)
+    assert report.cached == 0 and "could not be decoded" in report.failed["1.2.3.9"]
+    assert str(broken) in report.failed["1.2.3.9"] and not cache.has("1.2.3.9")

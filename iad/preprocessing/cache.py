@@ -131,19 +131,27 @@ def read_stored(layout: SeriesLayout) -> tuple[list[np.ndarray], list[tuple[floa
     rescale: list[tuple[float, float]] = [(1.0, 0.0)] * len(layout.frames)
     for z, stored, slope, intercept in iter_stored_slices(layout):
         slices[z], rescale[z] = stored, (slope, intercept)
-    missing = [z for z, s in enumerate(slices) if s is None]
+    _require_every_slice(layout, [z for z, s in enumerate(slices) if s is not None])
+    return slices, rescale
+
+
+def _require_every_slice(layout: SeriesLayout, decoded: list[int]) -> None:
+    """Raise when a slice was not decoded: a gap must fail the series, not become a blank slice."""
+    missing = sorted(set(range(len(layout.frames))) - set(decoded))
     if missing:
         first = layout.frames[missing[0]].path
         raise SeriesReadError(f"{layout.folder}: {len(missing)} slice(s) could not be decoded (first: {first})")
-    return slices, rescale
 
 
 def _write_ct_streaming(layout: SeriesLayout, out: VolumeWriter, config: PreprocessConfig) -> dict:
     """CT needs no volume statistics: window each slice as it is decoded (never holds the volume)."""
     low, high, intensity = volume_window("CT", [], [], config)
+    written = []
     for z, stored, slope, intercept in iter_stored_slices(layout):
         slope, intercept = effective_rescale("CT", slope, intercept, config)
         out[z] = resize_slice(window_slice(stored, slope, intercept, low, high), config.image_size)
+        written.append(z)
+    _require_every_slice(layout, written)
     return intensity
 
 
