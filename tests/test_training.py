@@ -10,6 +10,7 @@ import sys
 import time
 
 from hydra import compose, initialize_config_dir
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -180,3 +181,27 @@ def test_full_data_training_writes_checkpoints(workspace):
     run_dir = workspace / "logs" / "train" / "runs" / "full" / "full"
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "checkpoints" / "best.ckpt").exists()
     assert json.loads((run_dir / "result.json").read_text())["weighted_auc"] is None
+
+
+def test_oof_writer_keeps_the_weights_variant_of_the_best_epoch(tmp_path):
+    from types import SimpleNamespace
+
+    from iad.training.callbacks import MONITOR, OOFWriter
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((6, len(LABEL_COLS)), dtype=int)
+    truth[:3, [0, -1]] = 1
+    info = pd.DataFrame({"SeriesInstanceUID": [f"1.{i}" for i in range(6)], "fold": 0, "Modality": "CTA",
+                         **{c: truth[:, k] for k, c in enumerate(LABEL_COLS)}})
+    writer = OOFWriter(tmp_path)
+    module = SimpleNamespace(val_outputs={"series": np.arange(6), "preds": rng.random((6, len(LABEL_COLS)))})
+    for epoch, (variant, score) in enumerate([("ema", 0.8), ("raw", 0.7)]):
+        trainer = SimpleNamespace(sanity_checking=False, fast_dev_run=False, loggers=[], is_global_zero=True,
+                                  current_epoch=epoch, callback_metrics={MONITOR: torch.tensor(score)},
+                                  datamodule=SimpleNamespace(series_info=lambda rows: info.iloc[rows]))
+        module.best_variant = variant
+        writer.on_validation_end(trainer, module)
+    assert (writer.best_epoch, writer.best_variant) == (0, "ema")
+    restored = OOFWriter(tmp_path)
+    restored.load_state_dict(writer.state_dict())
+    assert restored.best_variant == "ema"

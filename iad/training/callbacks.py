@@ -43,6 +43,7 @@ class OOFWriter(pl.Callback):
         self.path = Path(run_dir) / OOF_FILE
         self.best = -math.inf
         self.best_epoch = -1
+        self.best_variant: str | None = None  # the weights (raw/ema) of the best epoch, as best.ckpt holds
 
     def on_validation_end(self, trainer, pl_module) -> None:
         outputs = getattr(pl_module, "val_outputs", None)
@@ -56,16 +57,17 @@ class OOFWriter(pl.Callback):
         score = float(trainer.callback_metrics.get(MONITOR, float("nan")))
         if not score > self.best:
             return
-        self.best, self.best_epoch = score, trainer.current_epoch
+        self.best, self.best_epoch, self.best_variant = score, trainer.current_epoch, pl_module.best_variant
         if trainer.is_global_zero:
             write_csv_atomic(oof, self.path, index=False)
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_variant": self.best_variant}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best", -math.inf)
         self.best_epoch = state_dict.get("best_epoch", -1)
+        self.best_variant = state_dict.get("best_variant")
 
 
 class WandbReport(pl.Callback):

@@ -109,7 +109,7 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
         "fold": cfg.data.fold,
         "weighted_auc": oof_writer.best if oof_writer.best > float("-inf") else None,
         "best_epoch": oof_writer.best_epoch,
-        "best_variant": model.best_variant,
+        "best_variant": oof_writer.best_variant or model.best_variant,
         "epochs": trainer.current_epoch,
         "resumed_from_epoch": resumed_from,
         "best_checkpoint": str(run_dir / CHECKPOINT_DIR / BEST_CKPT),
