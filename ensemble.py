@@ -16,10 +16,10 @@ setup_env()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="ensemble", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from iad.ensembling import format_report, run_ensemble
+    from iad.ensembling import format_ensemble_report, run_ensemble
 
     report = run_ensemble(**OmegaConf.to_container(cfg.ensemble, resolve=True), output_dir=cfg.paths.output_dir)
-    print(f"{format_report(report)}\n→ {report['spec']}")
+    print(f"{format_ensemble_report(report)}\n→ {report['spec']}")
     return report["blends"]["mean"]["weighted_auc"]
 
 

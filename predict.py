@@ -32,12 +32,12 @@ def bundle(cfg: DictConfig) -> None:
 
 
 def oof(cfg: DictConfig) -> None:
-    from iad.evaluation.cv import format_report
-    from iad.inference.oof import rescore_sweep
+    from iad.evaluation.cv import format_cv_report
+    from iad.inference.rescore import rescore_sweep
 
     _, report, path = rescore_sweep(cfg.model_path, hflip=bool(cfg.tta.hflip), center_crop=cfg.tta.center_crop,
                                     batch_size=cfg.batch_size, device=cfg.device)
-    print(f"{format_report(report)}\n→ {path}")
+    print(f"{format_cv_report(report)}\n→ {path}")
 
 
 MODES = {"submission": submission, "bundle": bundle, "oof": oof}

@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 from prepare import ct_series
 import torch
 
-from iad.inference.models import LoadedModel
-from iad.inference.predictor import TIMING_STAGES, Member, Predictor
+from iad.contract import InputSpec
+from iad.inference.loading import LoadedModel
+from iad.inference.predictor import TIMING_STAGES, LoadedMember, Predictor
 from iad.utils.config import CONFIG_DIR
 
 FIRST_PLACE_PREPROCESS_S = 4.0
@@ -29,9 +30,9 @@ def demo_model() -> LoadedModel:
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo", "paths.output_dir=."])
     module = instantiate(cfg.model).eval()
-    return LoadedModel(net=module.net, class_logits=module.class_logits, slice_input=instantiate(cfg.data.input),
-                       preprocess=instantiate(cfg.preprocess), head_crop=True, val_center_crop=0.75,
-                       aggregation=cfg.model.aggregation, topk=cfg.model.topk, label_prevalence=[0.1] * 14,
+    spec = InputSpec(preprocess=instantiate(cfg.preprocess), slice_input=instantiate(cfg.data.input).spec(),
+                     head_crop=True, val_center_crop=0.75)
+    return LoadedModel(net=module.net, model_spec=module.spec, input_spec=spec,
                        config=OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     folder = ct_series(args.slices, args.size)[0].parent
-    predictor = Predictor([Member("demo", 1.0, [demo_model()])], batch_size=64)
+    predictor = Predictor([LoadedMember("demo", 1.0, [demo_model()])], batch_size=64)
     predictor.predict_with_timings(folder)  # warm-up
     runs = [predictor.predict_with_timings(folder).timings.as_dict() for _ in range(args.repeats)]
     median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}

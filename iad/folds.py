@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 import numpy as np
 import pandas as pd
 
@@ -12,6 +11,7 @@ from iad.labels import LABEL_COLS, MODALITIES, MODALITY_COL, PRESENT_COL, UID_CO
 from iad.utils.io import write_csv_atomic
 
 FOLD_COL = "fold"
+N_FOLDS = 5  # the reference's split (train_kfold.csv)
 
 
 def read_folds(path: str | os.PathLike) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def validate_folds(df: pd.DataFrame, source: str = "<folds>") -> pd.DataFrame:
     return pd.DataFrame({UID_COL: df[UID_COL].to_numpy(), FOLD_COL: fold.astype(int).to_numpy()})
 
 
-def make_folds(labels: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+def make_folds(labels: pd.DataFrame, n_folds: int = N_FOLDS, seed: int = 42) -> pd.DataFrame:
     """Assign every series to one of `n_folds` folds, deterministically for `seed`.
 
     Multilabel-stratified (iterative stratification) on the 14 labels plus one-hot Modality, then
@@ -44,6 +44,8 @@ def make_folds(labels: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Dat
     """
     labels = validate_series_labels(labels, source="make_folds labels")
     targets = _stratification_targets(labels)
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # pulls in scikit-learn: only when folds are made
+
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(labels), dtype=int)
     for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), targets)):

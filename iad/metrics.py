@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from iad.labels import LABEL_COLS, MODALITY_COL, PRESENT_COL
 
@@ -37,7 +36,7 @@ def weighted_auc(y_true, y_pred, label_cols: Sequence[str] = LABEL_COLS) -> floa
     weights are renormalised (the score is their weighted mean). NaN when no column has both
     classes.
     """
-    return _weighted_mean(per_label_auc(y_true, y_pred, label_cols))
+    return weighted_mean_auc(per_label_auc(y_true, y_pred, label_cols))
 
 
 def auc_report(
@@ -70,18 +69,20 @@ def auc_report(
 
 def _scores(df: pd.DataFrame, pred_cols, true_cols, label_cols) -> dict:
     aucs = per_label_auc(df[list(true_cols)].to_numpy(), df[list(pred_cols)].to_numpy(), label_cols)
-    return {"n_series": len(df), "weighted_auc": _weighted_mean(aucs), "per_label": aucs}
+    return {"n_series": len(df), "weighted_auc": weighted_mean_auc(aucs), "per_label": aucs}
 
 
 def _auc(truth: np.ndarray, pred: np.ndarray) -> float:
     """ROC-AUC of one column, NaN when `truth` holds a single class."""
+    from sklearn.metrics import roc_auc_score  # here, so importing the metric module stays light (inference)
+
     if len(np.unique(truth)) < 2:
         return float("nan")
     return float(roc_auc_score(truth, pred))
 
 
-def _weighted_mean(aucs: dict[str, float]) -> float:
-    """Metric-weighted mean of the AUCs that exist (not NaN); NaN when none does."""
+def weighted_mean_auc(aucs: dict[str, float]) -> float:
+    """Metric-weighted mean of per-label AUCs ({label: auc}) that exist (not NaN); NaN when none does."""
     values = np.array(list(aucs.values()))
     weights = label_weights(list(aucs))
     scored = ~np.isnan(values)

@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
+from iad.contract import INPUT_KEY, MODEL_KEY, best_checkpoint
 from iad.data.crops import box_pixels
 from iad.data.slices import SERIES_COL, SLICE_COL
 from iad.evaluation import read_oof
+from iad.inference.loading import read_model_file
 from iad.labels import LABEL_COLS, UID_COL
 from iad.models import ClsSegModel
 from iad.utils.config import CONFIG_DIR
@@ -63,7 +65,7 @@ def test_new_experiments_compose_with_masks(experiment, tmp_path):
 def test_exp3_carries_the_reference_settings(tmp_path):
     cfg = compose_train(["experiment=exp3_mit_b4_fpn_384", f"paths.output_dir={tmp_path}"])
     model = cfg.model
-    assert model.encoder_name == "mit_b4" and model.encoder_weights == "imagenet" and model.classes == 1
+    assert model.encoder_name == "mit_b4" and model.pretrained is True and model.classes == 1
     assert (model.cls_weight, model.seg_weight) == (0.6, 0.4)
     assert model.optimizer._target_ == "torch.optim.Adam" and model.optimizer.lr == 1e-4
     assert "Cosine" in model.scheduler._target_ and model.mixup == {"prob": 0.5, "alpha": 0.5}
@@ -75,7 +77,7 @@ def test_exp3_carries_the_reference_settings(tmp_path):
 
 @pytest.mark.slow
 def test_mit_b4_constructs_offline(tmp_path):
-    cfg = compose_train(["experiment=exp3_mit_b4_fpn_384", "model.encoder_weights=null", f"paths.output_dir={tmp_path}"])
+    cfg = compose_train(["experiment=exp3_mit_b4_fpn_384", "model.pretrained=false", f"paths.output_dir={tmp_path}"])
     model = instantiate(cfg.model).eval()
     with torch.no_grad():
         logits = model.class_logits(model.net, torch.zeros(1, 3, 384, 384))
@@ -213,9 +215,9 @@ def test_two_fold_sweep_outputs(workspace):
         assert set(read_oof(run / "oof.csv")["fold"]) == {fold}
         logged = pd.read_csv(run / "csv" / "metrics.csv").columns
         assert {"train/cls_loss", "train/seg_loss", "val/weighted_auc"} <= set(logged)
-    ckpt = torch.load(sweep_dir / "fold_0" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt = read_model_file(best_checkpoint(sweep_dir / "fold_0"))
     assert any(k.startswith("net.segmentation_head.") for k in ckpt["state_dict"])
-    assert ckpt["iad_data"]["masks"]["kind"] == "disk"
+    assert ckpt[INPUT_KEY]["masks"]["kind"] == "disk" and ckpt[MODEL_KEY]["family"] == "smp_fpn"
     merged = read_oof(sweep_dir / "oof.csv")
     assert set(merged["fold"]) == {0, 1}
     cv = json.loads((sweep_dir / "cv.json").read_text())

@@ -15,7 +15,8 @@ from iad.data.samplers import NegativeSubsampler
 from iad.data.slices import eval_items, holdout_split, positive_slices, train_items
 from iad.labels import FLIP_PERM, LABEL_COLS, LOCATION_COLS, PRESENT_COL, UID_COL
 from iad.metrics import weighted_auc
-from iad.models.metric import SeriesWeightedAUROC, aggregate_series
+from iad.models.aggregation import aggregate_series
+from iad.models.metric import SeriesWeightedAUROC
 
 
 def series_table(n_slices=(10, 12, 8), positive=(0, 1, 0)) -> pd.DataFrame:

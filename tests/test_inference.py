@@ -55,7 +55,7 @@ def test_predictor_from_sweep_writes_a_valid_submission(trained, tmp_path):
 def test_predictor_rebuilds_the_validation_input_exactly(trained):
     """Re-scoring each fold's held-out series with the validation settings reproduces the training OOF file:
     the checkpoint alone (window, cache size, offsets, crop, weights, aggregation) defines the input."""
-    from iad.inference.oof import rescore_sweep
+    from iad.inference.rescore import rescore_sweep
 
     rescored, _, path = rescore_sweep(trained["sweep"])  # center_crop=None: the validation crop
     original = read_oof(trained["sweep"] / "oof.csv").set_index(UID_COL).sort_index()
@@ -69,12 +69,13 @@ def test_dicom_and_cached_paths_agree(trained):
 
     predictor = Predictor.load(trained["sweep"])
     model = predictor.members[0].models[0]
-    cache = SeriesCache(model.config["paths"]["cache_dir"], model.preprocess)
+    preprocess = model.input_spec.preprocess
+    cache = SeriesCache(model.config["paths"]["cache_dir"], preprocess)
     series_root = Path(model.config["dataset"]["series_dir"])
     assert series_root.is_relative_to(trained["root"])
     for folder in sorted(series_root.iterdir())[:4]:
         from_dicom = predictor.predict(folder)
-        from_cache = predictor.predict_volume(cache.volume(folder.name), cache.mean_image(folder.name), model.preprocess.key)
+        from_cache = predictor.predict_volume(cache.volume(folder.name), cache.mean_image(folder.name), preprocess.key)
         assert np.allclose([from_dicom[c] for c in LABEL_COLS], [from_cache[c] for c in LABEL_COLS], atol=1e-6)
 
 
@@ -144,6 +145,62 @@ def test_kaggle_adapter_returns_one_row_of_14_columns(trained, monkeypatch):
     frame = kaggle.predict(str(series))
     assert isinstance(frame, pl.DataFrame) and frame.shape == (1, 14) and frame.columns == list(LABEL_COLS)
     assert kaggle.predict("/does/not/exist").shape == (1, 14)
+
+
+def test_kaggle_adapter_warmup_fails_early_on_a_bad_model_path(monkeypatch, tmp_path):
+    import iad.inference.kaggle as kaggle
+
+    monkeypatch.setattr(kaggle, "_predictor", None)
+    monkeypatch.delenv(kaggle.MODEL_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=kaggle.MODEL_ENV):
+        kaggle.warmup()
+    monkeypatch.setenv(kaggle.MODEL_ENV, str(tmp_path / "no-bundle"))
+    with pytest.raises(FileNotFoundError, match="no-bundle"):
+        kaggle.warmup()
+
+
+def test_kaggle_adapter_clears_only_the_gateway_share(trained, monkeypatch, tmp_path, caplog):
+    import iad.inference.kaggle as kaggle
+
+    monkeypatch.setenv(kaggle.MODEL_ENV, str(trained["sweep"]))
+    monkeypatch.setattr(kaggle, "_predictor", None)
+    shared = tmp_path / "shared"
+    monkeypatch.setenv(kaggle.SHARED_DIR_ENV, str(shared))
+    outside = sorted((trained["unseen"] / "series").iterdir())[0]
+    copied = shutil.copytree(outside, shared / "series" / outside.name)
+    assert kaggle.predict(str(outside)).shape == (1, 14) and copied.exists()  # not from the share: kept
+    assert kaggle.predict(str(copied)).shape == (1, 14) and not shared.exists()  # from the share: removed
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.dcm").write_bytes(b"not dicom")
+    with caplog.at_level("WARNING", logger=kaggle.__name__):
+        kaggle.predict(str(tmp_path / "bad"))
+    lines = [r.getMessage() for r in caplog.records if r.name == kaggle.__name__]
+    assert len(lines) == 1 and "fallback row" in lines[0] and "\n" not in lines[0]
+
+
+def test_malicious_model_file_is_refused_without_running_its_payload(trained, tmp_path):
+    """A bundle's model file that pickles a callable must not execute it when loaded."""
+    import torch
+
+    from iad.inference import UnsafeModelFile, load_model
+
+    predictor = Predictor.load(trained["sweep"])
+    bundle = export_bundle(predictor, tmp_path / "bundle")
+    victim = sorted(bundle.rglob("*.pt"))[0]
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    blob = torch.load(victim, weights_only=True)
+    blob["extra"] = Payload()
+    torch.save(blob, victim)
+    with pytest.raises(UnsafeModelFile, match=str(victim)):
+        load_model(victim)
+    with pytest.raises(UnsafeModelFile):
+        Predictor.load(bundle)
+    assert not marker.exists()
 
 
 def test_oof_rescoring_with_center_crop(trained):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,20 +26,6 @@ from iad.labels import (
 # Found while checking the real tables (see test_localizer_label_disagreements).
 RIGHT_VS_LEFT_SERIES = "1.2.826.0.1.3680043.8.498.40499156229797942175102861717242994172"
 BASILAR_WITHOUT_LOCALIZER_SERIES = "1.2.826.0.1.3680043.8.498.75798029534455454939797323020706657426"
-
-
-def test_modules_do_not_import_torch():
-    modules = "iad.labels, iad.boxes, iad.folds, iad.metrics, iad.utils.io"
-    code = (
-        f"import sys, {modules}; "
-        "heavy = sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules); "
-        "assert not heavy, heavy"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
-# --- real tables -------------------------------------------------------------------------------
 
 
 @pytest.mark.shared

@@ -302,7 +302,7 @@ def test_same_seed_same_series_regardless_of_count(dataset, tables, tmp_path):
 
 
 def test_settings_change_regenerates_tables_and_keeps_series(tmp_path):
-    from iad.preprocessing import DatasetSource, ensure_dataset
+    from iad.datasets import DatasetSource, ensure_dataset
 
     def source(**synthetic) -> DatasetSource:
         return DatasetSource(root=str(tmp_path), series_dir=str(tmp_path / SERIES_DIR), train_csv=str(tmp_path / TRAIN_CSV),

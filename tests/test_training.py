@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
+from iad.contract import CONFIG_KEY, INPUT_KEY, MODEL_KEY, VARIANT_KEY, WEIGHTS_KEY, InputSpec, ModelSpec, best_checkpoint
 from iad.evaluation import read_oof
+from iad.inference.loading import read_model_file
 from iad.labels import LABEL_COLS
 from iad.utils.config import CONFIG_DIR
 from iad.utils.env import PROJECT_ROOT
@@ -106,12 +108,15 @@ def test_two_fold_multirun_outputs(sweep):
 
 def test_checkpoint_records_what_inference_needs(sweep):
     sweep_dir, _ = sweep
-    ckpt = torch.load(sweep_dir / "fold_0" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["iad_label_cols"] == list(LABEL_COLS)
-    assert ckpt["iad_best_variant"] in ("raw", "ema")
-    assert ckpt["iad_config"]["data"]["input"]["img_size"] == 32
-    data = ckpt["iad_data"]
-    assert data["input"]["offsets"] == [-1, 0, 1] and data["preprocess"]["ct_window"] == [40.0, 450.0]
+    ckpt = read_model_file(best_checkpoint(sweep_dir / "fold_0"))  # weights-only: plain data and tensors
+    spec = InputSpec.from_dict(ckpt[INPUT_KEY])
+    assert spec.label_cols == tuple(LABEL_COLS) and len(spec.label_prevalence) == len(LABEL_COLS)
+    assert ckpt[VARIANT_KEY] in ("raw", "ema")
+    assert ckpt[WEIGHTS_KEY] == {"raw": "net.", "ema": "ema.module."}[ckpt[VARIANT_KEY]]
+    assert ckpt[CONFIG_KEY]["data"]["input"]["img_size"] == 32 == spec.slice_input.img_size
+    assert spec.slice_input.offsets == (-1, 0, 1) and spec.preprocess.ct_window == (40.0, 450.0)
+    model_spec = ModelSpec.from_dict(ckpt[MODEL_KEY])
+    assert model_spec.family == "timm_classifier" and model_spec.net_args["backbone"] == ckpt[CONFIG_KEY]["model"]["backbone"]
     assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
 
 

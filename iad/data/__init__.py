@@ -1,7 +1,10 @@
-"""Data: cached volumes → 2.5D slice datasets and LightningDataModules."""
+"""Data: cached volumes → 2.5D slice datasets and LightningDataModules.
 
-from iad.data.dataset import MaskSpec, SliceDataset
-from iad.data.inputs import SliceInput
-from iad.data.rsna import RSNASliceDataModule
+`slices`, `crops` and `masks` are pure numpy/pandas (no torch); the exports resolve lazily, so
+inference's `import iad.data.crops` never pulls in Lightning.
+"""
 
-__all__ = ["MaskSpec", "RSNASliceDataModule", "SliceDataset", "SliceInput"]
+from iad.utils.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "MaskSpec": "dataset", "SliceDataset": "dataset", "SliceInput": "inputs", "RSNASliceDataModule": "rsna"})

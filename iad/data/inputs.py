@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from iad.contract import SliceInputSpec
 from iad.data.crops import box_pixels
 
 AREA_BELOW = 1 / 1.5  # resize with INTER_AREA when shrinking below this scale (antialiasing), else linear
@@ -76,5 +77,10 @@ class SliceInput:
         """The uint8 evaluation input (C×H×W) for slice z; no augmentation."""
         return self.to_tensor(self.image(volume, z, box))
 
-    def describe(self) -> dict:
-        return {"img_size": self.img_size, "offsets": self.offsets.tolist(), "mean": list(self.mean), "std": list(self.std)}
+    def spec(self) -> SliceInputSpec:
+        """The settings that define this input (the checkpoint's record of it)."""
+        return SliceInputSpec(self.img_size, tuple(self.offsets.tolist()), self.mean, self.std)
+
+    @classmethod
+    def from_spec(cls, spec: SliceInputSpec) -> SliceInput:
+        return cls(spec.img_size, spec.offsets, spec.mean, spec.std)

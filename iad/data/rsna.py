@@ -13,14 +13,16 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from iad.boxes import map_boxes, read_aneurysm_boxes
+from iad.contract import InputSpec
 from iad.data.crops import FULL_BOX, head_box, read_crop_table
 from iad.data.dataset import MaskSpec, SliceDataset
 from iad.data.inputs import SliceInput
 from iad.data.samplers import NegativeSubsampler
 from iad.data.slices import SERIES_COL, SLICE_MM_COL, eval_items, holdout_split, series_labels, train_items
-from iad.folds import make_folds, read_folds, write_folds
+from iad.folds import FOLD_COL, make_folds, read_folds, write_folds
 from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
-from iad.preprocessing import DatasetSource, PreprocessConfig, SeriesCache, prepare_dataset
+from iad.datasets import DatasetSource
+from iad.preprocessing import PreprocessConfig, SeriesCache, prepare_dataset
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class RSNASliceDataModule(pl.LightningDataModule):
             log.warning("%d series are not in the cache and are left out", int((~cached).sum()))
         series = series[cached].reset_index(drop=True)
         if self.series_limit:
-            series = series.groupby("fold", group_keys=False).head(self.series_limit).reset_index(drop=True)
+            series = series.groupby(FOLD_COL, group_keys=False).head(self.series_limit).reset_index(drop=True)
         metas = [cache.meta(uid) for uid in series[UID_COL]]
         series["n_slices"] = [m.shape[0] for m in metas]
         series[SLICE_MM_COL] = [m.spacing[0] for m in metas]
@@ -118,13 +120,13 @@ class RSNASliceDataModule(pl.LightningDataModule):
             folds = read_folds(folds_path)
         else:
             log.info("no fold file at %s: writing multilabel-stratified folds (seed %d)", folds_path, self.seed)
-            folds = make_folds(labels, n_folds=5, seed=self.seed)
+            folds = make_folds(labels, seed=self.seed)
             write_folds(folds, folds_path)
         merged = labels.merge(folds, on=UID_COL, how="left")
-        if merged["fold"].isna().any() and self.fold is not None:
-            missing = merged.loc[merged["fold"].isna(), UID_COL].head(3).tolist()
-            raise ValueError(f"fold file {folds_path} lacks {int(merged['fold'].isna().sum())} series, e.g. {missing}")
-        merged["fold"] = merged["fold"].fillna(-1).astype(int)
+        if merged[FOLD_COL].isna().any() and self.fold is not None:
+            missing = merged.loc[merged[FOLD_COL].isna(), UID_COL].head(3).tolist()
+            raise ValueError(f"fold file {folds_path} lacks {int(merged[FOLD_COL].isna().sum())} series, e.g. {missing}")
+        merged[FOLD_COL] = merged[FOLD_COL].fillna(-1).astype(int)
         return merged
 
     def _crop_boxes(self, series: pd.DataFrame, cache: SeriesCache) -> list:
@@ -160,10 +162,10 @@ class RSNASliceDataModule(pl.LightningDataModule):
         if self.fold is None:
             train_rows, val_rows = holdout_split(series, self.holdout_series, self.seed)
         else:
-            if self.fold not in set(series["fold"]):
-                raise ValueError(f"fold {self.fold} not in the fold file (folds: {sorted(set(series['fold']))})")
-            train_rows = np.flatnonzero(series["fold"].to_numpy() != self.fold)
-            val_rows = np.flatnonzero(series["fold"].to_numpy() == self.fold)
+            if self.fold not in set(series[FOLD_COL]):
+                raise ValueError(f"fold {self.fold} not in the fold file (folds: {sorted(set(series[FOLD_COL]))})")
+            train_rows = np.flatnonzero(series[FOLD_COL].to_numpy() != self.fold)
+            val_rows = np.flatnonzero(series[FOLD_COL].to_numpy() == self.fold)
         train = train_items(series.iloc[train_rows], self.localizers, self.boxes, self.positive_window,
                             self.background_mm)
         train[SERIES_COL] = train_rows[train[SERIES_COL].to_numpy()]
@@ -218,11 +220,11 @@ class RSNASliceDataModule(pl.LightningDataModule):
     # ---- what the rest of the pipeline reads -------------------------------------------------
     def series_info(self, rows) -> pd.DataFrame:
         """SeriesInstanceUID, fold, Modality and the 14 true labels of the given series rows."""
-        return self.series.iloc[np.asarray(rows)][[UID_COL, "fold", MODALITY_COL, *LABEL_COLS]].reset_index(drop=True)
+        return self.series.iloc[np.asarray(rows)][[UID_COL, FOLD_COL, MODALITY_COL, *LABEL_COLS]].reset_index(drop=True)
 
-    def describe(self) -> dict:
-        """Settings inference needs to rebuild this input (stored in checkpoints)."""
-        return {"preprocess": self.preprocess.to_dict(), "input": self.input.describe(),
-                "val_center_crop": self.val_center_crop, "head_crop": self.head_crop,
-                "masks": asdict(self.masks) if self.masks else None,
-                "label_prevalence": self.labels[self.train_rows].mean(axis=0).round(6).tolist()}
+    def input_spec(self) -> InputSpec:
+        """What inference needs to rebuild this input (stored in every checkpoint)."""
+        return InputSpec(preprocess=self.preprocess, slice_input=self.input.spec(), head_crop=self.head_crop,
+                         val_center_crop=float(self.val_center_crop),
+                         masks=asdict(self.masks) if self.masks else None, label_cols=tuple(LABEL_COLS),
+                         label_prevalence=tuple(self.labels[self.train_rows].mean(axis=0).round(6).tolist()))

@@ -17,8 +17,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from iad.contract import OOF_FILE
 from iad.ensembling.spec import tta_settings_problem
-from iad.evaluation.cv import OOF_FILE
 from iad.evaluation.oof import ID_COLS, TRUE_COLS, read_oof
 from iad.labels import LABEL_COLS, UID_COL
 
@@ -26,7 +26,7 @@ _MAX_LISTED = 5  # series ids quoted in an alignment error
 
 
 @dataclass(frozen=True)
-class Member:
+class EnsembleMember:
     """One model of the ensemble as configured: where its predictions are and how it runs at test time.
 
     `checkpoints`: the sweep/run folder the predictor loads; by default `path` when it is a folder,
@@ -56,7 +56,7 @@ class Member:
         return (self.path if self.path.is_dir() else self.path.parent).resolve()
 
 
-def parse_members(members: Mapping[str, Mapping]) -> list[Member]:
+def parse_members(members: Mapping[str, Mapping]) -> list[EnsembleMember]:
     """Members from the config mapping {name: {path, weight, hflip_tta, center_crop, checkpoints}}."""
     if not members:
         raise ValueError("the ensemble has no members (set ensemble.members)")
@@ -65,15 +65,15 @@ def parse_members(members: Mapping[str, Mapping]) -> list[Member]:
         settings = dict(settings or {})
         if settings.get("path") is None:
             raise ValueError(f"ensemble member {name!r} has no path")
-        unknown = set(settings) - ({field.name for field in fields(Member)} - {"name"})
+        unknown = set(settings) - ({field.name for field in fields(EnsembleMember)} - {"name"})
         if unknown:
             raise ValueError(f"ensemble member {name!r}: unknown setting(s) {sorted(unknown)}")
         settings["path"] = Path(settings["path"]).expanduser()
-        parsed.append(Member(name=str(name), **settings))
+        parsed.append(EnsembleMember(name=str(name), **settings))
     return parsed
 
 
-def member_weights(members: Sequence[Member]) -> np.ndarray:
+def member_weights(members: Sequence[EnsembleMember]) -> np.ndarray:
     """The configured weights, normalised to sum to 1 (they are relative)."""
     missing = [m.name for m in members if m.weight is None]
     if missing:

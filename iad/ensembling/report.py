@@ -20,7 +20,7 @@ def score_predictions(series: pd.DataFrame, predictions: np.ndarray) -> dict:
     return score_oof(frame)
 
 
-def format_report(report: dict) -> str:
+def format_ensemble_report(report: dict) -> str:
     """Tables of each member's and each blend's weighted AUC per modality and per label, then the nested CV."""
     rows = {member["name"]: (member["weight"], member["scores"]) for member in report["members"]}
     rows.update({f"blend ({method})": (1.0, scores) for method, scores in report["blends"].items()})

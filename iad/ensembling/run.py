@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iad.contract import OOF_FILE
 from iad.ensembling.blend import BLEND_METHODS, blend_predictions
-from iad.ensembling.members import AlignedPredictions, Member, align_members, member_weights, parse_members
+from iad.ensembling.members import AlignedPredictions, EnsembleMember, align_members, member_weights, parse_members
 from iad.ensembling.optimize import OPTIMIZER, mean_fold_auc, nested_cv, optimize_weights
 from iad.ensembling.report import score_predictions
 from iad.ensembling.spec import SPEC_BLEND, make_spec, write_spec
-from iad.evaluation.cv import OOF_FILE
 from iad.evaluation.oof import ID_COLS, TRUE_COLS
+from iad.folds import FOLD_COL
 from iad.labels import LABEL_COLS
 from iad.utils.io import write_csv_atomic, write_json_atomic
 
@@ -28,13 +29,13 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
                  blend: str = "mean", intersect: bool = False, seed: int = 0, random_starts: int = 4) -> dict:
     """Blend the members' OOF predictions and write the spec, the report and the blend's OOF file.
 
-    `members`: {name: {path, weight, hflip_tta, center_crop, checkpoints}} (see Member).
+    `members`: {name: {path, weight, hflip_tta, center_crop, checkpoints}} (see EnsembleMember).
     `weights`: "fixed" (the members' weights, normalised to sum 1), "equal" or "optimize" (maximise
     the OOF weighted AUC of the `blend`, and estimate the result by nested CV over the folds).
     `blend`: "mean" of probabilities or "rank" (mean of normalised ranks; scored here, but the spec
     always blends probabilities with the same weights).
     Writes <output_dir>/ensemble.json, report.json and oof.csv (the deployed mean blend, OOF format);
-    returns the report (see report.format_report).
+    returns the report (see report.format_ensemble_report).
     """
     if weights not in WEIGHT_SOURCES:
         raise ValueError(f"ensemble.weights={weights!r}; expected one of {WEIGHT_SOURCES}")
@@ -48,7 +49,7 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
     blend_scores = {method: score_predictions(aligned.series, predictions) for method, predictions in blends.items()}
     nested = None
     if weights == "optimize":
-        folds = aligned.series["fold"].to_numpy()
+        folds = aligned.series[FOLD_COL].to_numpy()
         nested = {"optimizer": OPTIMIZER, "blend": blend, "seed": seed, "random_starts": random_starts,
                   "in_sample_auc": blend_scores[blend]["weighted_auc"],
                   "in_sample_mean_fold_auc": mean_fold_auc(stacked, truth, folds, weight_vector, blend),
@@ -74,7 +75,7 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
     return report
 
 
-def _weights(source: str, members: list[Member], stacked: np.ndarray, truth: np.ndarray, *, blend: str, seed: int,
+def _weights(source: str, members: list[EnsembleMember], stacked: np.ndarray, truth: np.ndarray, *, blend: str, seed: int,
              random_starts: int) -> np.ndarray:
     """The members' weights from the config ("fixed"), equal, or optimised on the OOF rows."""
     if source == "optimize":
@@ -84,7 +85,7 @@ def _weights(source: str, members: list[Member], stacked: np.ndarray, truth: np.
     return member_weights(members)
 
 
-def _spec_members(members: list[Member], weights: np.ndarray) -> list[dict]:
+def _spec_members(members: list[EnsembleMember], weights: np.ndarray) -> list[dict]:
     """Spec entries of the members with weight > 0 (a predictor need not run the others)."""
     return [
         {"name": member.name, "path": str(member.checkpoint_dir), "weight": float(weight),

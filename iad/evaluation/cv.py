@@ -14,21 +14,12 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 import pandas as pd
 
+from iad.contract import CV_FILE, ERROR_FILE, FOLD_PREFIX, OOF_FILE, RESULT_FILE, fold_runs
 from iad.evaluation.oof import read_oof, score_oof
 from iad.labels import LABEL_COLS
 from iad.utils.io import write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-OOF_FILE = "oof.csv"
-CV_FILE = "cv.json"
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.txt"
-FOLD_GLOB = "fold_*"
-
-
-def fold_runs(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in sweep_dir.glob(FOLD_GLOB) if p.is_dir())
 
 
 def merge_sweep(sweep_dir: str | Path) -> dict:
@@ -43,7 +34,7 @@ def merge_sweep(sweep_dir: str | Path) -> dict:
             status.update(n_series=len(frame), weighted_auc=score_oof(frame)["weighted_auc"])
         folds[run.name] = status
     if not frames:
-        raise FileNotFoundError(f"no fold OOF file under {sweep_dir}/{FOLD_GLOB}/{OOF_FILE}")
+        raise FileNotFoundError(f"no fold OOF file under {sweep_dir}/{FOLD_PREFIX}*/{OOF_FILE}")
     oof = pd.concat(frames, ignore_index=True)
     duplicated = oof["SeriesInstanceUID"].duplicated()
     if duplicated.any():
@@ -55,7 +46,7 @@ def merge_sweep(sweep_dir: str | Path) -> dict:
     return report
 
 
-def format_report(report: dict) -> str:
+def format_cv_report(report: dict) -> str:
     """Plain-text CV table: per fold, per modality, per label."""
     fmt = lambda v: "  nan " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     lines = [f"{'':<44}{'weighted AUC':>14}{'series':>8}"]
@@ -95,7 +86,7 @@ class MergeFoldsCallback(Callback):
         except FileNotFoundError as err:
             log.error("sweep merge: %s", err)
             raise SystemExit(1) from err
-        print(f"\nCV of {sweep_dir}:\n{format_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
+        print(f"\nCV of {sweep_dir}:\n{format_cv_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
         failed = [name for name, fold in report["folds"].items() if fold.get("failed") and not fold.get("complete")]
         if failed:
             log.error("folds failed: %s (see %s in each)", ", ".join(failed), ERROR_FILE)
@@ -107,7 +98,7 @@ def main(argv=None) -> None:
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     report = merge_sweep(args.sweep_dir)
-    print(format_report(report))
+    print(format_cv_report(report))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iad.folds import FOLD_COL
 from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL
 from iad.metrics import auc_report
 
 TRUE_PREFIX = "true_"
-ID_COLS = (UID_COL, "fold", MODALITY_COL)
+ID_COLS = (UID_COL, FOLD_COL, MODALITY_COL)
 
 
 def true_col(label: str) -> str:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iad.inference.models import export_model
-from iad.inference.predictor import BUNDLE_FILE, Predictor
-
-MEMBERS_DIR = "members"
+from iad.contract import BUNDLE_FILE, BUNDLE_MEMBERS_DIR, MODEL_FILE_SUFFIX, fold_name
+from iad.inference.loading import export_model
+from iad.inference.predictor import Predictor
 
 
 def export_bundle(predictor: Predictor, out_dir: str | Path) -> Path:
@@ -16,20 +15,20 @@ def export_bundle(predictor: Predictor, out_dir: str | Path) -> Path:
     The bundle needs neither the training outputs nor the repository's `conf/`: each model file holds
     its resolved config and input settings.
     """
-    from iad.ensembling import make_spec, write_spec
+    from iad.ensembling.spec import make_spec, write_spec
 
     out_dir = Path(out_dir)
     members = []
     for member in predictor.members:
-        member_dir = out_dir / MEMBERS_DIR / member.name
+        member_dir = out_dir / BUNDLE_MEMBERS_DIR / member.name
         member_dir.mkdir(parents=True, exist_ok=True)
-        for stale in member_dir.glob("*.pt"):
+        for stale in member_dir.glob(f"*{MODEL_FILE_SUFFIX}"):
             stale.unlink()
         for index, model in enumerate(member.models):
-            export_model(model, member_dir / f"fold_{index}.pt")
+            export_model(model, member_dir / f"{fold_name(index)}{MODEL_FILE_SUFFIX}")
         # Written explicitly (not "as recorded") so the bundle says exactly what it runs.
-        crop = member.center_crop if member.center_crop is not None else member.models[0].val_center_crop
-        members.append({"name": member.name, "path": f"{MEMBERS_DIR}/{member.name}", "weight": member.weight,
+        crop = member.center_crop if member.center_crop is not None else member.models[0].input_spec.val_center_crop
+        members.append({"name": member.name, "path": f"{BUNDLE_MEMBERS_DIR}/{member.name}", "weight": member.weight,
                         "hflip_tta": member.hflip, "center_crop": crop})
     write_spec(make_spec(members, oof={}), out_dir / BUNDLE_FILE)
     return out_dir

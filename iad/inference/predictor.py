@@ -10,17 +10,17 @@ import time
 import numpy as np
 import torch
 
+from iad.contract import BUNDLE_FILE
 from iad.data.crops import FULL_BOX, center_crop, head_box
 from iad.dicom import scan_series
-from iad.inference.models import LoadedModel, checkpoints_in, load_model
+from iad.inference.loading import LoadedModel, checkpoints_in, load_model
 from iad.labels import FLIP_PERM, LABEL_COLS
-from iad.models.metric import aggregate_series
+from iad.models.aggregation import aggregate_series
 from iad.preprocessing.cache import read_stored
 from iad.preprocessing.normalize import PreprocessConfig, mean_over_slices, normalise_slices
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FILE = "bundle.json"
 TIMING_STAGES = ("read", "preprocess", "model", "aggregate")
 
 
@@ -29,8 +29,8 @@ class SeriesTimeout(TimeoutError):
 
 
 @dataclass
-class Member:
-    """One ensemble member: its fold models (averaged) and its test-time settings."""
+class LoadedMember:
+    """One ensemble member as the predictor runs it: its loaded fold models (averaged), test-time settings."""
 
     name: str
     weight: float
@@ -64,16 +64,16 @@ class Prediction:
 class Predictor:
     """Loads models once; `predict(series_dir)` reads, normalises, crops, batches, aggregates, blends."""
 
-    def __init__(self, members: list[Member], batch_size: int = 64, device: str = "cpu",
+    def __init__(self, members: list[LoadedMember], batch_size: int = 64, device: str = "cpu",
                  time_budget_s: float | None = None):
         total = sum(m.weight for m in members)
         if not members or total <= 0:
             raise ValueError("a predictor needs at least one member with positive weight")
-        self.members = [Member(m.name, m.weight / total, m.models, m.hflip, m.center_crop) for m in members]
+        self.members = [LoadedMember(m.name, m.weight / total, m.models, m.hflip, m.center_crop) for m in members]
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.time_budget_s = time_budget_s
-        self.prevalence = np.mean([model.label_prevalence for m in self.members for model in m.models], axis=0)
+        self.prevalence = np.mean([model.input_spec.label_prevalence for m in self.members for model in m.models], axis=0)
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
@@ -89,7 +89,7 @@ class Predictor:
         elif path.suffix == ".json":
             members = _members_from_spec(path, device)
         else:
-            members = [Member(path.name, 1.0, [load_model(p, device) for p in checkpoints_in(path)])]
+            members = [LoadedMember(path.name, 1.0, [load_model(p, device) for p in checkpoints_in(path)])]
         for member in members:
             member.hflip = member.hflip if hflip is None else hflip
             member.center_crop = member.center_crop if center_crop is None else center_crop
@@ -100,13 +100,14 @@ class Predictor:
         """The 14 probabilities of one series folder (raises on unreadable input)."""
         return self.predict_with_timings(series_dir).probabilities
 
-    def predict_safe(self, series_dir: str | Path) -> Prediction:
+    def predict_safe(self, series_dir: str | Path, log_fallback: bool = True) -> Prediction:
         """Like `predict`, but never raises: a series that fails gets the training prevalence and a reason."""
         try:
             return self.predict_with_timings(series_dir)
         except Exception as err:  # noqa: BLE001 - one bad series must not stop a submission
             reason = f"{type(err).__name__}: {err}"
-            log.warning("series %s: fallback row (%s)", series_dir, reason)
+            if log_fallback:
+                log.warning("series %s: fallback row (%s)", series_dir, reason)
             return Prediction(dict(zip(LABEL_COLS, self.prevalence.tolist())), fallback_reason=reason)
 
     def predict_with_timings(self, series_dir: str | Path) -> Prediction:
@@ -140,13 +141,14 @@ class Predictor:
     def _blend(self, volume_for, timings: Timings, deadline: float | None) -> dict[str, float]:
         stacks: dict[tuple, torch.Tensor] = {}  # the fold models of a member usually share one input
 
-        def input_for(model: LoadedModel, member: Member) -> torch.Tensor:
-            ratio = model.val_center_crop if member.center_crop is None else member.center_crop
-            key = (model.preprocess.key, repr(model.slice_input.describe()), model.head_crop, ratio)
+        def input_for(model: LoadedModel, member: LoadedMember) -> torch.Tensor:
+            spec = model.input_spec
+            ratio = spec.val_center_crop if member.center_crop is None else member.center_crop
+            key = (spec.preprocess.key, spec.slice_input, spec.head_crop, ratio)
             if key not in stacks:
-                pixels, mean_image = volume_for(model.preprocess)
+                pixels, mean_image = volume_for(spec.preprocess)
                 start = time.perf_counter()
-                box = center_crop(head_box(mean_image) if model.head_crop else FULL_BOX, ratio)
+                box = center_crop(head_box(mean_image) if spec.head_crop else FULL_BOX, ratio)
                 stacks[key] = torch.stack([model.slice_input(pixels, z, box) for z in range(pixels.shape[0])])
                 timings.model += time.perf_counter() - start
             return stacks[key]
@@ -161,7 +163,7 @@ class Predictor:
             blended += member.weight * np.mean(fold_probs, axis=0)
         return dict(zip(LABEL_COLS, np.clip(blended, 0.0, 1.0).tolist()))
 
-    def _model_series(self, model: LoadedModel, member: Member, stack: torch.Tensor,
+    def _model_series(self, model: LoadedModel, member: LoadedMember, stack: torch.Tensor,
                       timings: Timings, deadline: float | None) -> np.ndarray:
         """Series probabilities of one model from its uint8 slice inputs (Z×C×H×W)."""
         start = time.perf_counter()
@@ -173,7 +175,8 @@ class Predictor:
         timings.model += time.perf_counter() - start
         start = time.perf_counter()
         probs = torch.cat(slice_probs)
-        _, series_probs = aggregate_series(torch.zeros(len(probs), dtype=torch.long), probs, model.aggregation, model.topk)
+        _, series_probs = aggregate_series(torch.zeros(len(probs), dtype=torch.long), probs, model.model_spec.aggregation,
+                                           model.model_spec.topk)
         timings.aggregate += time.perf_counter() - start
         return series_probs[0].numpy()
 
@@ -199,8 +202,8 @@ def _check_deadline(deadline: float | None) -> None:
         raise SeriesTimeout("per-series time budget exceeded")
 
 
-def _members_from_spec(spec_path: Path, device: str) -> list[Member]:
-    from iad.ensembling import read_spec
+def _members_from_spec(spec_path: Path, device: str) -> list[LoadedMember]:
+    from iad.ensembling.spec import read_spec
 
     spec = read_spec(spec_path)
     members = []
@@ -208,7 +211,7 @@ def _members_from_spec(spec_path: Path, device: str) -> list[Member]:
         path = Path(item["path"])
         if not path.is_absolute():
             path = spec_path.parent / path
-        members.append(Member(item["name"], float(item["weight"]), [load_model(p, device) for p in checkpoints_in(path)],
+        members.append(LoadedMember(item["name"], float(item["weight"]), [load_model(p, device) for p in checkpoints_in(path)],
                               hflip=bool(item.get("hflip_tta", False)), center_crop=item.get("center_crop")))
     return members
 

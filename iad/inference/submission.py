@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from iad.datasets import series_folders
 from iad.inference.predictor import Predictor
 from iad.labels import LABEL_COLS, UID_COL
-from iad.preprocessing import series_folders
 from iad.utils.io import write_csv_atomic
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
-"""Models: LightningModules sharing one training spine (`SeriesModule`)."""
+"""Models: LightningModules sharing one training spine (`SeriesModule`), and their networks (`nets`).
 
-from iad.models.base import MONITOR, SeriesModule
-from iad.models.classifier import SliceClassifier
-from iad.models.clsseg import ClsSegModel
+Exports resolve lazily, so inference can use `iad.models.nets` and `iad.models.metric` without Lightning.
+"""
 
-__all__ = ["MONITOR", "ClsSegModel", "SeriesModule", "SliceClassifier"]
+from iad.utils.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "MONITOR": "base", "SeriesModule": "base", "SliceClassifier": "classifier", "ClsSegModel": "clsseg"})

@@ -1,40 +1,24 @@
-"""Series-level weighted AUC for the training loop, as a torchmetrics Metric (DDP-safe)."""
+"""Series-level weighted AUC for the training loop, as a torchmetrics Metric (DDP-safe).
+
+Slices are gathered as tensors (so DDP can concatenate them) and aggregated per series here; the
+score itself is `iad.metrics`' official formula, not a second implementation.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_auroc
 
 from iad.labels import LABEL_COLS
-from iad.metrics import label_weights
+from iad.metrics import per_label_auc, weighted_mean_auc
+from iad.models.aggregation import aggregate_series
 
 
-def aggregate_series(series: torch.Tensor, values: torch.Tensor, how: str = "max", topk: int = 3):
-    """Per-series rows (sorted unique ids, S×C) from per-slice rows: max, or mean of the top-k."""
-    ids, inverse = torch.unique(series, return_inverse=True)
-    if how == "max":
-        out = torch.full((len(ids), values.shape[1]), -torch.inf, dtype=values.dtype, device=values.device)
-        return ids, out.scatter_reduce(0, inverse[:, None].expand_as(values), values, reduce="amax")
-    if how == "topk_mean":
-        rows = [values[inverse == i].topk(min(topk, int((inverse == i).sum())), dim=0).values.mean(0)
-                for i in range(len(ids))]
-        return ids, torch.stack(rows)
-    raise ValueError(f"aggregation must be 'max' or 'topk_mean', got {how!r}")
-
-
-def weighted_auroc(target: torch.Tensor, preds: torch.Tensor, label_cols=LABEL_COLS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted AUC, per-label AUCs); one-class columns get NaN and are left out of the weights."""
-    aucs = torch.full((len(label_cols),), torch.nan)
-    for j in range(len(label_cols)):
-        column = target[:, j]
-        if 0 < column.sum() < len(column):
-            aucs[j] = binary_auroc(preds[:, j].float(), column.long())
-    weights = torch.as_tensor(label_weights(label_cols), dtype=torch.float32)
-    valid = ~torch.isnan(aucs)
-    if not valid.any():
-        return torch.tensor(torch.nan), aucs
-    return (aucs[valid] * weights[valid]).sum() / weights[valid].sum(), aucs
+def series_scores(target: torch.Tensor, preds: torch.Tensor, label_cols=LABEL_COLS) -> tuple[float, np.ndarray]:
+    """(weighted AUC, per-label AUCs) of series-level predictions; one-class columns are NaN and left out."""
+    aucs = per_label_auc(target.cpu().numpy(), preds.float().cpu().numpy(), label_cols)
+    return weighted_mean_auc(aucs), np.array(list(aucs.values()))
 
 
 class SeriesWeightedAUROC(Metric):
@@ -64,4 +48,4 @@ class SeriesWeightedAUROC(Metric):
 
     def compute(self) -> torch.Tensor:
         _, preds, target = self.series_outputs()
-        return weighted_auroc(target, preds, self.label_cols)[0]
+        return torch.tensor(series_scores(target, preds, self.label_cols)[0])

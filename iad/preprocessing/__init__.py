@@ -2,16 +2,6 @@
 
 from iad.preprocessing.cache import BuildReport, SeriesCache, SeriesMeta, cache_series
 from iad.preprocessing.normalize import PreprocessConfig
-from iad.preprocessing.prepare import DatasetSource, ensure_dataset, prepare_dataset, series_folders
+from iad.preprocessing.prepare import prepare_dataset
 
-__all__ = [
-    "BuildReport",
-    "DatasetSource",
-    "PreprocessConfig",
-    "SeriesCache",
-    "SeriesMeta",
-    "cache_series",
-    "ensure_dataset",
-    "prepare_dataset",
-    "series_folders",
-]
+__all__ = ["BuildReport", "PreprocessConfig", "SeriesCache", "SeriesMeta", "cache_series", "prepare_dataset"]

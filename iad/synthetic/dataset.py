@@ -15,7 +15,7 @@ import time
 import pandas as pd
 from pydicom.filereader import read_file_meta_info
 
-from iad.folds import make_folds, write_folds
+from iad.folds import N_FOLDS, make_folds, write_folds
 from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITIES, MODALITY_COL, PRESENT_COL, SOP_COL, UID_COL
 from iad.synthetic.phantom import render_volume
 from iad.synthetic.plan import SIZE_RANGE, SLICES_RANGE, SeriesPlan, localizer, plan_series, render_rng
@@ -31,7 +31,6 @@ AGE_COL = "PatientAge"
 SEX_COL = "PatientSex"
 TRAIN_COLUMNS: tuple[str, ...] = (UID_COL, AGE_COL, SEX_COL, MODALITY_COL, *LABEL_COLS)
 LOCALIZER_COLUMNS: tuple[str, ...] = (UID_COL, SOP_COL, "coordinates", "location")
-N_FOLDS = 5
 MIN_SIZE = 32
 
 

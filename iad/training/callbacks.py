@@ -10,7 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
-from iad.evaluation.cv import OOF_FILE
+from iad.contract import CONFIG_KEY, INPUT_KEY, OOF_FILE
 from iad.evaluation.oof import TRUE_COLS, make_oof, score_oof
 from iad.labels import LABEL_COLS
 from iad.models.base import MONITOR
@@ -26,10 +26,10 @@ class StoreRunConfig(pl.Callback):
         self.config = config
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["iad_config"] = self.config
+        checkpoint[CONFIG_KEY] = self.config
         datamodule = trainer.datamodule
-        if hasattr(datamodule, "describe"):
-            checkpoint["iad_data"] = datamodule.describe()
+        if hasattr(datamodule, "input_spec"):
+            checkpoint[INPUT_KEY] = datamodule.input_spec().to_dict()
 
 
 class OOFWriter(pl.Callback):

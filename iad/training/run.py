@@ -11,16 +11,19 @@ import traceback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from iad.evaluation.cv import ERROR_FILE, OOF_FILE, RESULT_FILE
-from iad.utils.config import fold_name
+from iad.contract import (
+    BEST_CKPT,
+    CHECKPOINT_DIR,
+    ERROR_FILE,
+    RESULT_FILE,
+    RUN_OUTPUTS,
+    best_checkpoint,
+    fold_name,
+    last_checkpoint,
+)
 from iad.utils.io import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-BEST_CKPT = "best.ckpt"
-LAST_CKPT = "last.ckpt"
-RUN_OUTPUTS = (CHECKPOINT_DIR, OOF_FILE, RESULT_FILE, ERROR_FILE, "csv", "wandb")
 
 
 def _clear_run(run_dir: Path) -> None:
@@ -94,13 +97,13 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
     callbacks = _build_callbacks(cfg, run_dir, has_validation, oof_writer)
     trainer = instantiate(_validated_trainer(cfg.trainer, has_validation), callbacks=callbacks,
                           logger=loggers or False, default_root_dir=str(run_dir))
-    last = run_dir / CHECKPOINT_DIR / LAST_CKPT
+    last = last_checkpoint(run_dir)
     resume = last if last.exists() and not trainer.fast_dev_run else None
     resumed_from = None
     if resume:
         import torch
 
-        resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+        resumed_from = int(torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["epoch"])
         log.info("resuming %s from %s (epoch %d)", run_dir, resume, resumed_from)
         print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
@@ -112,7 +115,7 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
         "best_variant": oof_writer.best_variant or model.best_variant,
         "epochs": trainer.current_epoch,
         "resumed_from_epoch": resumed_from,
-        "best_checkpoint": str(run_dir / CHECKPOINT_DIR / BEST_CKPT),
+        "best_checkpoint": str(best_checkpoint(run_dir)),
     }
     if trainer.fast_dev_run:
         log.info("fast_dev_run: no result.json written")

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import OmegaConf
 
+from iad.contract import fold_name
 from iad.utils.env import PROJECT_ROOT
 
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
-def fold_name(fold) -> str:
-    """Run folder name of a fold: fold_<k>, or `full` for full-data training."""
-    return "full" if fold is None or str(fold) in ("None", "null") else f"fold_{fold}"
+def plain(value: Any) -> Any:
+    """A config node (or anything holding one) as plain dicts and lists: safe in a weights-only checkpoint."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
 
 
 def register_resolvers() -> None:

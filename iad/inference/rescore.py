@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from iad.evaluation.cv import fold_runs
+from iad.contract import fold_runs
+from iad.datasets import DatasetSource
 from iad.evaluation.oof import make_oof, score_oof
-from iad.folds import attach_folds, read_folds
-from iad.inference.models import checkpoints_in, load_model
-from iad.inference.predictor import Member, Predictor
+from iad.folds import FOLD_COL, attach_folds, read_folds
+from iad.inference.loading import checkpoints_in, load_model
+from iad.inference.predictor import LoadedMember, Predictor
 from iad.labels import LABEL_COLS, UID_COL, read_series_labels
-from iad.preprocessing import DatasetSource, SeriesCache
+from iad.preprocessing import SeriesCache
 from iad.utils.io import write_csv_atomic
 
 
@@ -25,7 +26,7 @@ def oof_tag(hflip: bool, center_crop: float | None) -> str:
 def _held_out(config: dict) -> tuple[DatasetSource, pd.DataFrame]:
     source = DatasetSource(**{k: v for k, v in config["dataset"].items() if k != "_target_"})
     labels = attach_folds(read_series_labels(source.train_csv), read_folds(source.folds_csv))
-    return source, labels[labels["fold"] == config["data"]["fold"]].reset_index(drop=True)
+    return source, labels[labels[FOLD_COL] == config["data"]["fold"]].reset_index(drop=True)
 
 
 def rescore_sweep(sweep_dir: str | Path, hflip: bool = False, center_crop: float | None = None,
@@ -44,12 +45,14 @@ def rescore_sweep(sweep_dir: str | Path, hflip: bool = False, center_crop: float
             continue
         model = load_model(checkpoint, device)
         source, held = _held_out(model.config)
-        cache = SeriesCache(model.config["paths"]["cache_dir"], model.preprocess)
-        predictor = Predictor([Member(run.name, 1.0, [model], hflip, center_crop)], batch_size=batch_size, device=device)
+        preprocess = model.input_spec.preprocess
+        cache = SeriesCache(model.config["paths"]["cache_dir"], preprocess)
+        predictor = Predictor([LoadedMember(run.name, 1.0, [model], hflip, center_crop)], batch_size=batch_size,
+                              device=device)
         preds = []
         for uid in held[UID_COL]:
             if cache.has(uid):
-                probs = predictor.predict_volume(cache.volume(uid), cache.mean_image(uid), model.preprocess.key)
+                probs = predictor.predict_volume(cache.volume(uid), cache.mean_image(uid), preprocess.key)
             else:
                 probs = predictor.predict(Path(source.series_dir) / uid)
             preds.append([probs[c] for c in LABEL_COLS])
