@@ -12,7 +12,7 @@ import pandas as pd
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from iad.boxes import map_boxes, read_aneurysm_boxes
+from iad.boxes import BOX_COLS, map_boxes, read_aneurysm_boxes
 from iad.contract import InputSpec
 from iad.data.crops import FULL_BOX, head_box, read_crop_table
 from iad.data.dataset import MaskSpec, SliceDataset
@@ -198,7 +198,7 @@ class RSNASliceDataModule(pl.LightningDataModule):
         if self.boxes is None or not len(self.boxes):
             return {}
         row_of = {uid: row for row, uid in enumerate(self.series[UID_COL])}
-        return {(row_of[uid], int(z)): grp[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float)
+        return {(row_of[uid], int(z)): grp[list(BOX_COLS)].to_numpy(float)
                 for (uid, z), grp in self.boxes.groupby([UID_COL, "slice_index"])}
 
     def train_dataloader(self) -> DataLoader:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -59,20 +60,8 @@ class SeriesLayout:
         return {(f.sop_uid, f.frame): z for z, f in enumerate(self.frames)}
 
     def index_of(self, sop_uid: str, frame: int | None = None) -> int:
-        """Slice index (sorted order) of a SOP instance, and of its frame for multi-frame files.
-
-        `frame=None` is accepted only when the instance contributes exactly one slice.
-        """
-        if frame is not None:
-            if (sop_uid, frame) not in self._index:
-                raise KeyError(f"{self.folder}: SOPInstanceUID {sop_uid} frame {frame} is not among the kept slices")
-            return self._index[(sop_uid, frame)]
-        matches = [z for (uid, _), z in self._index.items() if uid == sop_uid]
-        if len(matches) != 1:
-            reason = "is not among the kept slices" if not matches else f"has {len(matches)} frames; pass frame="
-            raise KeyError(f"{self.folder}: SOPInstanceUID {sop_uid} {reason}")
-        return matches[0]
-
+        """Slice index (sorted order) of a SOP instance, and of its frame for multi-frame files."""
+        return slice_index_of(self._index, sop_uid, frame, f"kept slices of {self.folder}")
 
 def scan_series(folder: str | Path) -> SeriesLayout:
     """Read every file's header in `folder` and return the kept slices, sorted along the slice normal.
@@ -191,7 +180,7 @@ def _build_layout(
     orientation = AXIAL.copy() if first.orientation is None else np.array(first.orientation, dtype=np.float64)
     if first.pixel_spacing is None:
         assumed.append("pixel_spacing")
-    normal = np.cross(orientation[:3], orientation[3:])
+    normal = slice_normal(orientation)
 
     if all(frame.ref.position is not None for frame in frames):
         frames = sorted(frames, key=lambda frame: (_projection(frame, normal), *_fallback_key(frame)))
@@ -222,10 +211,40 @@ def _build_layout(
     )
 
 
-def _projection(frame: FrameHeader, normal: np.ndarray) -> float:
-    position = frame.ref.position
-    assert position is not None
+def slice_normal(orientation) -> np.ndarray:
+    """The slice normal (row × column direction cosines) of an ImageOrientationPatient."""
+    orientation = np.asarray(orientation, dtype=np.float64)
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def project_position(position, normal: np.ndarray) -> float | None:
+    """A slice's position along the normal (mm, rounded so float noise cannot reorder ties); None if unknown."""
+    if position is None or np.isnan(np.asarray(position, dtype=np.float64)).any():
+        return None
     return round(float(np.dot(position, normal)), _POSITION_DECIMALS)
+
+
+def slice_index_of(index: Mapping[tuple[str, int], int], sop_uid: str, frame: int | None, where: str) -> int:
+    """Slice z of a SOP instance (and its frame, for multi-frame files) in an index {(sop uid, frame): z}.
+
+    `frame=None` is accepted only when the instance gives exactly one slice; `where` names the volume.
+    """
+    if frame is not None:
+        if (sop_uid, int(frame)) not in index:
+            raise KeyError(f"frame {frame} of SOPInstanceUID {sop_uid} is not in the {where}")
+        return index[(sop_uid, int(frame))]
+    matches = [z for (sop, _), z in index.items() if sop == sop_uid]
+    if len(matches) > 1:
+        raise KeyError(f"SOPInstanceUID {sop_uid} has {len(matches)} frames in the {where}; pass frame=")
+    if not matches:
+        raise KeyError(f"SOPInstanceUID {sop_uid} is not in the {where}")
+    return matches[0]
+
+
+def _projection(frame: FrameHeader, normal: np.ndarray) -> float:
+    projected = project_position(frame.ref.position, normal)
+    assert projected is not None
+    return projected
 
 
 def _fallback_key(frame: FrameHeader) -> tuple[int, int, int, str]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from iad.evaluation.oof import score_oof
+from iad.evaluation.oof import score_oof, with_predictions
 from iad.labels import LABEL_COLS
 
 _LABEL_WIDTH = 44
@@ -15,9 +15,7 @@ _LABEL_WIDTH = 44
 
 def score_predictions(series: pd.DataFrame, predictions: np.ndarray) -> dict:
     """iad.evaluation.score_oof of N x 14 predictions for `series` (ID_COLS + TRUE_COLS rows)."""
-    frame = series.copy()
-    frame[list(LABEL_COLS)] = predictions
-    return score_oof(frame)
+    return score_oof(with_predictions(series, predictions))
 
 
 def format_ensemble_report(report: dict) -> str:

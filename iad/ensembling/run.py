@@ -15,9 +15,8 @@ from iad.ensembling.members import AlignedPredictions, EnsembleMember, align_mem
 from iad.ensembling.optimize import OPTIMIZER, mean_fold_auc, nested_cv, optimize_weights
 from iad.ensembling.report import score_predictions
 from iad.ensembling.spec import SPEC_BLEND, make_spec, write_spec
-from iad.evaluation.oof import ID_COLS, TRUE_COLS
+from iad.evaluation.oof import TRUE_COLS, with_predictions
 from iad.folds import FOLD_COL
-from iad.labels import LABEL_COLS
 from iad.utils.io import write_csv_atomic, write_json_atomic
 
 SPEC_FILE = "ensemble.json"
@@ -97,7 +96,4 @@ def _spec_members(members: list[EnsembleMember], weights: np.ndarray) -> list[di
 
 def _blend_oof(aligned: AlignedPredictions, predictions: np.ndarray) -> pd.DataFrame:
     """The blend as an OOF file (it can itself be an ensemble member)."""
-    frame = aligned.series[list(ID_COLS)].copy()
-    frame[list(LABEL_COLS)] = predictions
-    frame[list(TRUE_COLS)] = aligned.series[list(TRUE_COLS)].to_numpy()
-    return frame
+    return with_predictions(aligned.series, predictions)

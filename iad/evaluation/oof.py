@@ -28,12 +28,19 @@ TRUE_COLS = tuple(true_col(c) for c in LABEL_COLS)
 
 def make_oof(series_info: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
     """OOF frame from series info (uid, fold, Modality, 14 true labels by name) and N×14 predictions."""
+    truth = series_info[list(ID_COLS)].reset_index(drop=True)
+    truth[list(TRUE_COLS)] = series_info[list(LABEL_COLS)].to_numpy(dtype=int)
+    return with_predictions(truth, preds)
+
+
+def with_predictions(series: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
+    """OOF frame from series rows holding ID_COLS and TRUE_COLS, and N×14 predictions in LABEL_COLS order."""
     preds = np.asarray(preds, dtype=float)
-    if preds.shape != (len(series_info), len(LABEL_COLS)):
-        raise ValueError(f"predictions of shape {preds.shape} for {len(series_info)} series")
-    frame = series_info[list(ID_COLS)].reset_index(drop=True).copy()
+    if preds.shape != (len(series), len(LABEL_COLS)):
+        raise ValueError(f"predictions of shape {preds.shape} for {len(series)} series")
+    frame = series[list(ID_COLS)].reset_index(drop=True).copy()
     frame[list(LABEL_COLS)] = preds
-    frame[list(TRUE_COLS)] = series_info[list(LABEL_COLS)].to_numpy(dtype=int)
+    frame[list(TRUE_COLS)] = series[list(TRUE_COLS)].to_numpy()
     return frame
 
 

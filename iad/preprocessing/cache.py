@@ -22,10 +22,12 @@ import numpy as np
 from numpy.lib.format import write_array_header_1_0
 
 from iad.dicom import SeriesLayout, SeriesReadError, iter_stored_slices, scan_series
+from iad.dicom.layout import project_position, slice_index_of, slice_normal
 from iad.labels import SeriesGeometry
 from iad.preprocessing.normalize import (
     PreprocessConfig,
     effective_rescale,
+    mean_from_sum,
     normalise_slices,
     resize_slice,
     volume_window,
@@ -71,14 +73,7 @@ class SeriesMeta:
 
     def index_of(self, sop_uid: str, frame: int | None = None) -> int:
         """Slice index of a SOP instance (and frame, for multi-frame files) in the cached volume."""
-        if frame is not None and (sop_uid, int(frame)) in self._slice_of:
-            return self._slice_of[(sop_uid, int(frame))]
-        matches = [z for (sop, _), z in self._slice_of.items() if sop == sop_uid]
-        if frame is None and len(matches) == 1:
-            return matches[0]
-        where = f"frame {frame} of " if frame is not None else ""
-        reason = "is a multi-frame file; give the frame" if len(matches) > 1 else "is not in the cached series"
-        raise KeyError(f"{where}SOPInstanceUID {sop_uid} {reason} (series {self.series_uid})")
+        return slice_index_of(self._slice_of, sop_uid, frame, f"cached series {self.series_uid}")
 
     @property
     def geometry(self) -> SeriesGeometry:
@@ -118,7 +113,7 @@ class VolumeWriter:
         cv2.add(self.total, image, dst=self.total, dtype=cv2.CV_32S)
 
     def mean_image(self) -> np.ndarray:
-        return np.rint(self.total / max(self.shape[0], 1)).astype(np.uint8)
+        return mean_from_sum(self.total, self.shape[0])
 
     def close(self) -> None:
         self.file.truncate(self.offset + self.shape[0] * self.slice_bytes)
@@ -163,10 +158,8 @@ def write_normalised(layout: SeriesLayout, out, config: PreprocessConfig) -> dic
 
 
 def _projected_positions(layout: SeriesLayout) -> list[float | None]:
-    orientation = np.asarray(layout.orientation, dtype=np.float64)
-    normal = np.cross(orientation[:3], orientation[3:])
-    positions = layout.positions
-    return [None if np.isnan(p).any() else round(float(p @ normal), 4) for p in positions]
+    normal = slice_normal(layout.orientation)
+    return [project_position(p, normal) for p in layout.positions]
 
 
 def cache_series(folder: str | Path, series_dir: Path, config: PreprocessConfig) -> SeriesMeta:

@@ -155,4 +155,9 @@ def mean_over_slices(volume: np.ndarray) -> np.ndarray:
     total = np.zeros(volume.shape[1:], dtype=np.uint64)
     for start in range(0, volume.shape[0], 257):
         total += volume[start:start + 257].sum(axis=0, dtype=np.uint16)
-    return np.rint(total / max(volume.shape[0], 1)).astype(np.uint8)
+    return mean_from_sum(total, volume.shape[0])
+
+
+def mean_from_sum(total: np.ndarray, n_slices: int) -> np.ndarray:
+    """The uint8 mean image from a per-pixel sum over `n_slices` slices (rounded half to even)."""
+    return np.rint(total / max(n_slices, 1)).astype(np.uint8)

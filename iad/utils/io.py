@@ -59,12 +59,6 @@ def write_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Non
         handle.write("\n")
 
 
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Save `array` in .npy format atomically (no suffix is added to `path`)."""
-    with atomic_write(path, "wb") as handle:
-        np.save(handle, np.asarray(array), allow_pickle=False)
-
-
 def _json_compatible(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {key: _json_compatible(value) for key, value in obj.items()}
