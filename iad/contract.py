@@ -26,9 +26,10 @@ BEST_CKPT = "best.ckpt"
 LAST_CKPT = "last.ckpt"
 OOF_FILE = "oof.csv"
 RESULT_FILE = "result.json"  # its presence marks the run finished
+IDENTITY_FILE = "identity.json"  # the settings that define what the run learns, and their hash
 ERROR_FILE = "error.txt"
 LOGGER_DIRS = ("csv", "wandb")
-RUN_OUTPUTS = (CHECKPOINT_DIR, OOF_FILE, RESULT_FILE, ERROR_FILE, *LOGGER_DIRS)
+RUN_OUTPUTS = (CHECKPOINT_DIR, OOF_FILE, RESULT_FILE, ERROR_FILE, IDENTITY_FILE, *LOGGER_DIRS)
 FOLD_PREFIX = "fold_"
 FULL_DATA_RUN = "full"  # the run folder of a model trained on every series (data.fold=null)
 

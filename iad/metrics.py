@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,11 @@ import pandas as pd
 from iad.labels import LABEL_COLS, MODALITY_COL, PRESENT_COL
 
 PRESENT_WEIGHT = 13.0  # each location column weighs 1
+
+
+def format_auc(value) -> str:
+    """An AUC for a report table: 4 decimals, "nan" when there is none."""
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def label_weights(label_cols: Sequence[str] = LABEL_COLS) -> np.ndarray:

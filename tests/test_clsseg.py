@@ -22,7 +22,7 @@ from iad.inference.loading import read_model_file
 from iad.labels import LABEL_COLS, UID_COL
 from iad.models import ClsSegModel
 from iad.utils.config import CONFIG_DIR
-from tests.training_helpers import run_train, tiny_overrides
+from tests.training_helpers import configuration_dir, run_train, tiny_overrides
 
 NEW_EXPERIMENTS = ("exp3_mit_b4_fpn_384", "demo_clsseg")
 TINY_ENCODER = "tu-test_resnet"  # a timm test ResNet through smp's universal encoder
@@ -200,15 +200,18 @@ def test_masks_land_on_the_localizer(workspace, flip):
 
 # ---- the real entry point ------------------------------------------------------------------------
 def test_fast_dev_run(workspace):
-    out = run_train([*data_overrides(workspace), "debug=fast_dev_run", "name=clsseg_fdr"])
+    args = [*data_overrides(workspace), "debug=fast_dev_run", "name=clsseg_fdr"]
+    out = run_train(args)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (workspace / "logs" / "train" / "runs" / "clsseg_fdr" / "fold_0").is_dir()
+    assert (configuration_dir(workspace / "logs", "runs", args, task="debug") / "fold_0").is_dir()
+    assert not (workspace / "logs" / "train" / "runs").exists()
 
 
 def test_two_fold_sweep_outputs(workspace):
-    out = run_train(["-m", *data_overrides(workspace), "logger=csv", "data.fold=0,1", "name=clsseg_sweep"])
+    args = ["-m", *data_overrides(workspace), "logger=csv", "data.fold=0,1", "name=clsseg_sweep"]
+    out = run_train(args)
     assert out.returncode == 0, out.stderr[-3000:]
-    sweep_dir = workspace / "logs" / "train" / "sweeps" / "clsseg_sweep"
+    sweep_dir = configuration_dir(workspace / "logs", "sweeps", args)
     for fold in (0, 1):
         run = sweep_dir / f"fold_{fold}"
         assert (run / "checkpoints" / "best.ckpt").exists() and (run / "checkpoints" / "last.ckpt").exists()

@@ -94,3 +94,16 @@ def test_offline_pretrained_names_the_cache_and_the_local_file_option(tmp_path):
     assert result.returncode != 0
     assert "PretrainedWeightsUnavailable" in result.stderr and "model.pretrained_file" in result.stderr
     assert str(tmp_path / "hf") in result.stderr
+
+
+def test_run_names_carry_the_result_changing_overrides():
+    from iad.utils.config import MAX_TAG_CHARS, run_name
+
+    assert run_name("exp2", ["experiment=exp2", "data.fold=3", "paths.data_dir=/data", "logger=wandb"]) == "exp2"
+    assert run_name("exp2", ["model.optimizer.lr=1e-3", "seed=1"]) == run_name("exp2", ["seed=1", "model.optimizer.lr=1e-3"])
+    assert run_name("exp2", ["model.optimizer.lr=1e-3"]) == "exp2,model.optimizer.lr=1e-3"
+    assert run_name("exp2", ["model.optimizer.lr=1e-3,2e-3", "data.fold=0,1"]) == "exp2"  # sweep lists: per job
+    assert "/" not in run_name("exp2", ["model.pretrained_file=/w/vit.safetensors"])
+    long = run_name("exp2", [f"model.backbone_kwargs.k{i}={i}" for i in range(30)])
+    assert len(long) <= len("exp2,") + MAX_TAG_CHARS
+    assert long != run_name("exp2", [f"model.backbone_kwargs.k{i}={i}" for i in range(31)])

@@ -18,7 +18,7 @@ from iad.inference import Predictor, export_bundle, predict_folder
 from iad.labels import FLIP_PERM, LABEL_COLS, UID_COL
 from iad.synthetic import make_dataset
 from iad.utils.env import PROJECT_ROOT
-from tests.training_helpers import run_train, tiny_overrides
+from tests.training_helpers import configuration_dir, run_train, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def trained(tmp_path_factory) -> dict:
     assert out.returncode == 0, out.stderr[-3000:]
     unseen = root / "unseen"
     make_dataset(unseen, n_series=12, seed=123)
-    return {"root": root, "sweep": root / "logs" / "train" / "sweeps" / "exp2tiny", "unseen": unseen}
+    return {"root": root, "sweep": configuration_dir(root / "logs", "sweeps", args), "unseen": unseen}
 
 
 def truth(unseen: Path) -> pd.DataFrame:
@@ -221,11 +221,12 @@ def test_oof_rescoring_with_center_crop(trained):
 def test_exp2_and_exp3_sweeps_ensemble_into_a_spec_the_predictor_runs(trained, tmp_path):
     root = trained["root"]
     overrides = [o for o in tiny_overrides(root / "data", root / "logs", n_series=24) if not o.startswith("model.backbone")]
-    exp3 = run_train(["-m", "experiment=demo_clsseg", *overrides, "data.fold=0,1", "name=exp3tiny",
-                      "model.encoder_name=tu-test_resnet", "model.decoder.pyramid_channels=32",
-                      "model.decoder.segmentation_channels=32", "data.input.img_size=64"])
+    args = ["-m", "experiment=demo_clsseg", *overrides, "data.fold=0,1", "name=exp3tiny",
+            "model.encoder_name=tu-test_resnet", "model.decoder.pyramid_channels=32",
+            "model.decoder.segmentation_channels=32", "data.input.img_size=64"]
+    exp3 = run_train(args)
     assert exp3.returncode == 0, exp3.stderr[-3000:]
-    exp3_sweep = root / "logs" / "train" / "sweeps" / "exp3tiny"
+    exp3_sweep = configuration_dir(root / "logs", "sweeps", args)
     members = f"ensemble.members={{exp2:{{path:{trained['sweep']},center_crop:0.75}},exp3:{{path:{exp3_sweep}}}}}"
     env = dict(os.environ, IAD_OFFLINE="1")
     out = subprocess.run([sys.executable, "ensemble.py", "ensemble=custom", members, "ensemble.weights=optimize",

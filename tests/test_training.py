@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from iad.inference.loading import read_model_file
 from iad.labels import LABEL_COLS
 from iad.utils.config import CONFIG_DIR
 from iad.utils.env import PROJECT_ROOT
-from tests.training_helpers import run_train, tiny_overrides
+from tests.training_helpers import configuration_dir, run_train, tiny_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -71,11 +72,19 @@ def workspace(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("train")
 
 
-def test_fast_dev_run(workspace):
-    out = run_train([*tiny_overrides(workspace / "data", workspace / "logs"), "debug=fast_dev_run", "name=fdr"])
+def test_smoke_runs_never_leave_state_a_real_run_picks_up(workspace):
+    args = [*tiny_overrides(workspace / "data", workspace / "logs"), "name=fdr"]
+    for debug in (["debug=fast_dev_run"], ["debug=limit", "trainer.limit_val_batches=1.0"]):  # tiny: 1 val batch
+        out = run_train([*args, *debug])
+        assert out.returncode == 0, out.stderr[-3000:]
+        run_dir = configuration_dir(workspace / "logs", "runs", [*args, *debug], task="debug") / "fold_0"
+        assert run_dir.is_dir()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()  # debug=limit trains for real, in logs/debug/
+    real = configuration_dir(workspace / "logs", "runs", args) / "fold_0"
+    assert not real.exists()
+    out = run_train(args)
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = workspace / "logs" / "train" / "runs" / "fdr" / "fold_0"
-    assert run_dir.is_dir() and not (run_dir / "result.json").exists()  # a debug run is not a result
+    assert "resuming" not in out.stdout and json.loads((real / "result.json").read_text())["epochs"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +92,7 @@ def sweep(workspace) -> tuple[Path, subprocess.CompletedProcess]:
     args = ["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,1", "name=sweep2",
             "model.ema_decay=0.99"]  # the real experiments keep an EMA copy: checkpoints must carry it
     out = run_train(args)
-    return workspace / "logs" / "train" / "sweeps" / "sweep2", out
+    return configuration_dir(workspace / "logs", "sweeps", args), out
 
 
 def test_two_fold_multirun_outputs(sweep):
@@ -123,10 +132,45 @@ def test_checkpoint_records_what_inference_needs(sweep):
 def test_rerun_skips_finished_folds(sweep, workspace):
     sweep_dir, _ = sweep
     before = (sweep_dir / "fold_0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
-    out = run_train(["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,1", "name=sweep2"])
+    # the same configuration, overrides in another order: the same run folders
+    out = run_train(["-m", "model.ema_decay=0.99", "name=sweep2", "data.fold=1,0",
+                     *reversed(tiny_overrides(workspace / "data", workspace / "logs"))])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("already finished") == 2
     assert (sweep_dir / "fold_0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
+
+
+def test_sweep_over_a_parameter_gives_one_sweep_per_configuration(workspace):
+    tiny = tiny_overrides(workspace / "data", workspace / "logs")
+    out = run_train(["-m", *tiny, "data.fold=0,1", "name=lrs", "model.optimizer.lr=1e-3,2e-3"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "already finished" not in out.stdout  # the second learning rate is not mistaken for the first
+    sweeps = [p for p in (workspace / "logs" / "train" / "sweeps").glob("lrs,*") if (p / "cv.json").exists()]
+    learning_rates = []
+    for sweep_dir in sweeps:
+        cv = json.loads((sweep_dir / "cv.json").read_text())
+        assert set(cv["folds"]) == {"fold_0", "fold_1"} and all(f["complete"] for f in cv["folds"].values())
+        configs = [(sweep_dir / fold / ".hydra" / "config.yaml").read_text() for fold in ("fold_0", "fold_1")]
+        (lr,) = {re.search(r"\n    lr: (\S+)", config).group(1) for config in configs}  # one per sweep folder
+        learning_rates.append(lr)
+        assert sweep_dir.name in out.stdout.split("Configurations of this multirun:")[1]
+    assert sorted(learning_rates) == ["0.001", "0.002"]
+
+
+def test_a_changed_configuration_never_reuses_a_run_folder(sweep, workspace):
+    """Folder names carry the overrides; identity.json catches what they cannot (an edited experiment file)."""
+    sweep_dir, _ = sweep
+    identity_file = sweep_dir / "fold_0" / "identity.json"
+    identity = json.loads(identity_file.read_text())
+    edited = dict(identity, config_hash="0" * 16, settings={**identity["settings"], "model.optimizer.lr": 0.5})
+    identity_file.write_text(json.dumps(edited))
+    before = (sweep_dir / "fold_0" / "result.json").read_text()
+    out = run_train(["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0", "name=sweep2",
+                     "model.ema_decay=0.99"])
+    identity_file.write_text(json.dumps(identity))
+    assert out.returncode != 0
+    assert "another configuration" in out.stderr and "model.optimizer.lr: 0.5" in out.stderr
+    assert (sweep_dir / "fold_0" / "result.json").read_text() == before
 
 
 def test_cv_rebuild_command(sweep):
@@ -140,7 +184,7 @@ def test_cv_rebuild_command(sweep):
 
 def test_interrupted_fold_resumes_from_last_checkpoint(workspace):
     args = [*tiny_overrides(workspace / "data", workspace / "logs"), "name=resume", "trainer.max_epochs=3"]
-    run_dir = workspace / "logs" / "train" / "runs" / "resume" / "fold_0"
+    run_dir = configuration_dir(workspace / "logs", "runs", args) / "fold_0"
     last = run_dir / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -159,8 +203,9 @@ def test_interrupted_fold_resumes_from_last_checkpoint(workspace):
 
 
 def test_failing_fold_keeps_the_others(workspace):
-    out = run_train(["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,9", "name=partial"])
-    sweep_dir = workspace / "logs" / "train" / "sweeps" / "partial"
+    args = ["-m", *tiny_overrides(workspace / "data", workspace / "logs"), "data.fold=0,9", "name=partial"]
+    out = run_train(args)
+    sweep_dir = configuration_dir(workspace / "logs", "sweeps", args)
     assert out.returncode != 0
     assert (sweep_dir / "fold_9" / "error.txt").read_text().count("fold 9 not in the fold file") == 1
     assert (sweep_dir / "fold_0" / "result.json").exists()
@@ -170,20 +215,29 @@ def test_failing_fold_keeps_the_others(workspace):
 
 
 def test_wandb_offline_run_files(workspace):
-    out = run_train([*tiny_overrides(workspace / "data", workspace / "logs"), "logger=wandb", "name=wb"])
+    args = [*tiny_overrides(workspace / "data", workspace / "logs"), "logger=wandb", "name=wb"]
+    out = run_train(args)
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = workspace / "logs" / "train" / "runs" / "wb" / "fold_0"
+    run_dir = configuration_dir(workspace / "logs", "runs", args) / "fold_0"
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")) and (runs[0] / "files").is_dir()
     data = (next(runs[0].glob("run-*.wandb"))).read_bytes()
     assert b"val/weighted_auc" in data and b"oof/table" in data
+    # the run's config records (JSON values in the offline run file): the resolved config and the run's identity
+    assert b'"backbone":"test_resnet"' in data and b'"img_size":32' in data
+    identity = json.loads((run_dir / "identity.json").read_text())
+    assert f'"config_hash":"{identity["config_hash"]}"'.encode() in data
+    assert f'"configuration":"{run_dir.parent.name}"'.encode() in data and b'"fold":"fold_0"' in data
+    assert re.search(rb'"preprocess_key":"[0-9a-f]{12}"', data) and re.search(rb'"git_commit":"[0-9a-f]{40}', data)
+    assert run_dir.parent.name.encode() in data  # the W&B group: one per configuration
 
 
 def test_full_data_training_writes_checkpoints(workspace):
-    out = run_train([*tiny_overrides(workspace / "data", workspace / "logs"), "name=full", "data.fold=null"])
+    args = [*tiny_overrides(workspace / "data", workspace / "logs"), "name=full", "data.fold=null"]
+    out = run_train(args)
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = workspace / "logs" / "train" / "runs" / "full" / "full"
+    run_dir = configuration_dir(workspace / "logs", "runs", args) / "full"
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "checkpoints" / "best.ckpt").exists()
     assert json.loads((run_dir / "result.json").read_text())["weighted_auc"] is None
 

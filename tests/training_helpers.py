@@ -35,3 +35,12 @@ def run_train(args: list[str], timeout: int = 600, env: dict | None = None) -> s
     full_env = dict(os.environ, IAD_OFFLINE="1", WANDB_MODE="offline", **(env or {}))
     return subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def configuration_dir(log_dir: Path, kind: str, args: list[str], task: str = "train") -> Path:
+    """Where `train.py ARGS` puts a configuration: <log_dir>/<task>/<runs|sweeps>/<name>[,<overrides>]."""
+    from iad.utils.config import run_name
+
+    overrides = [a for a in args if not a.startswith("-")]
+    name = next(a.split("=", 1)[1] for a in reversed(overrides) if a.startswith("name="))
+    return log_dir / task / kind / run_name(name, overrides)

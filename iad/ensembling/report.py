@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from iad.evaluation.oof import score_oof, with_predictions
 from iad.labels import LABEL_COLS
+from iad.metrics import format_auc
 
 _LABEL_WIDTH = 44
 
@@ -31,12 +30,12 @@ def format_ensemble_report(report: dict) -> str:
     ]
     for name, (weight, scores) in rows.items():
         by_group = scores.get("by_group", {})
-        lines.append(f"{name:<{width}}{weight:>8.4f}{_fmt(scores['weighted_auc']):>9}"
-                     + "".join(f"{_fmt(by_group.get(group, {}).get('weighted_auc')):>12}" for group in groups))
+        lines.append(f"{name:<{width}}{weight:>8.4f}{format_auc(scores['weighted_auc']):>9}"
+                     + "".join(f"{format_auc(by_group.get(group, {}).get('weighted_auc')):>12}" for group in groups))
     column = max(width, 10)
     lines.append(f"{'per label':<{_LABEL_WIDTH}}" + "".join(f"{name:>{column}}" for name in rows))
     for label in LABEL_COLS:
-        aucs = "".join(f"{_fmt(scores['per_label'][label]):>{column}}" for _, scores in rows.values())
+        aucs = "".join(f"{format_auc(scores['per_label'][label]):>{column}}" for _, scores in rows.values())
         lines.append(f"  {label:<{_LABEL_WIDTH - 2}}{aucs}")
     if report.get("nested_cv"):
         lines.extend(_nested_lines(report["nested_cv"]))
@@ -46,15 +45,11 @@ def format_ensemble_report(report: dict) -> str:
 def _nested_lines(nested: dict) -> list[str]:
     lines = [
         "optimised weights, weighted AUC:  in-sample (optimistic): "
-        f"pooled {_fmt(nested['in_sample_auc'])}, mean over folds {_fmt(nested['in_sample_mean_fold_auc'])}"
-        f"  |  nested CV: pooled {_fmt(nested['pooled_auc'])}, mean over folds {_fmt(nested['mean_fold_auc'])}"
+        f"pooled {format_auc(nested['in_sample_auc'])}, mean over folds {format_auc(nested['in_sample_mean_fold_auc'])}"
+        f"  |  nested CV: pooled {format_auc(nested['pooled_auc'])}, mean over folds {format_auc(nested['mean_fold_auc'])}"
     ]
     for fold, result in nested["folds"].items():
         weights = "  ".join(f"{name} {weight:.3f}" for name, weight in result["weights"].items())
-        score = f"{_fmt(result['weighted_auc'])} ({result['n_series']} series)"
+        score = f"{format_auc(result['weighted_auc'])} ({result['n_series']} series)"
         lines.append(f"  fold {fold}: {score}, weights fit on the other folds: {weights}")
     return lines
-
-
-def _fmt(value) -> str:
-    return "nan" if value is None or math.isnan(value) else f"{value:.4f}"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
+import time
 
 from hydra.experimental.callback import Callback
 import pandas as pd
@@ -17,6 +17,7 @@ import pandas as pd
 from iad.contract import CV_FILE, ERROR_FILE, FOLD_PREFIX, OOF_FILE, RESULT_FILE, fold_runs
 from iad.evaluation.oof import read_oof, score_oof
 from iad.labels import LABEL_COLS
+from iad.metrics import format_auc
 from iad.utils.io import write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def merge_sweep(sweep_dir: str | Path) -> dict:
 
 def format_cv_report(report: dict) -> str:
     """Plain-text CV table: per fold, per modality, per label."""
-    fmt = lambda v: "  nan " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    fmt = format_auc
     lines = [f"{'':<44}{'weighted AUC':>14}{'series':>8}"]
     for name, fold in report.get("folds", {}).items():
         flag = "" if fold.get("complete") else ("  (failed)" if fold.get("failed") else "  (incomplete)")
@@ -62,12 +63,30 @@ def format_cv_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_sweeps_table(reports: dict[str, dict]) -> str:
+    """One row per configuration of a multirun: folds done, OOF weighted AUC overall and per modality."""
+    groups = sorted({group for report in reports.values() for group in report.get("by_group", {})})
+    width = max(len(name) for name in reports) + 2
+    lines = [f"{'configuration':<{width}}{'folds':>7}{'series':>8}{'OOF':>8}" + "".join(f"{g:>12}" for g in groups)]
+    for name, report in reports.items():
+        done = sum(bool(fold.get("complete")) for fold in report.get("folds", {}).values())
+        by_group = report.get("by_group", {})
+        lines.append(f"{name:<{width}}{done:>7}{report['n_series']:>8}{format_auc(report['weighted_auc']):>8}"
+                     + "".join(f"{format_auc(by_group.get(g, {}).get('weighted_auc')):>12}" for g in groups))
+    return "\n".join(lines)
+
+
 class MergeFoldsCallback(Callback):
-    """Hydra callback: merge a sweep's folds after every fold, and print the CV table at the end.
+    """Hydra callback: merge each configuration's folds after every fold, and print the CV tables at the end.
 
     Merging after each job keeps oof.csv / cv.json current even when a later fold fails (Hydra's
-    sweeper then raises before `on_multirun_end`, so the process exits non-zero).
+    sweeper then raises before `on_multirun_end`, so the process exits non-zero). A multirun over
+    other parameters than the fold leaves one sweep folder per configuration (conf/hydra/train.yaml):
+    the end table lists every configuration it ran, side by side.
     """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.started = time.time()
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
@@ -80,17 +99,33 @@ class MergeFoldsCallback(Callback):
             pass  # no fold has an OOF file yet
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            report = merge_sweep(sweep_dir)
-        except FileNotFoundError as err:
-            log.error("sweep merge: %s", err)
-            raise SystemExit(1) from err
-        print(f"\nCV of {sweep_dir}:\n{format_cv_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
-        failed = [name for name, fold in report["folds"].items() if fold.get("failed") and not fold.get("complete")]
+        sweeps = self._configurations_run(Path(config.hydra.sweep.dir).parent, str(config.name))
+        if not sweeps:
+            log.error("sweep merge: no fold of %s ran under %s", config.name, Path(config.hydra.sweep.dir).parent)
+            raise SystemExit(1)
+        reports, failed = {}, []
+        for sweep_dir in sweeps:
+            try:
+                reports[sweep_dir.name] = report = merge_sweep(sweep_dir)
+            except FileNotFoundError as err:
+                log.error("sweep merge: %s", err)
+                failed.append(sweep_dir.name)
+                continue
+            print(f"\nCV of {sweep_dir}:\n{format_cv_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
+            failed += [f"{sweep_dir.name}/{name}" for name, fold in report["folds"].items()
+                       if fold.get("failed") and not fold.get("complete")]
+        if len(reports) > 1:
+            print(f"\nConfigurations of this multirun:\n{format_sweeps_table(reports)}")
         if failed:
             log.error("folds failed: %s (see %s in each)", ", ".join(failed), ERROR_FILE)
             raise SystemExit(1)
+
+    def _configurations_run(self, sweeps_root: Path, name: str) -> list[Path]:
+        """Sweep folders of this experiment name (`name`, `name,<overrides>`) that a job of this multirun wrote to."""
+        started = getattr(self, "started", 0.0) - 1.0
+        candidates = [p for p in sorted(sweeps_root.glob(f"{name}*")) if p.name == name or p.name.startswith(f"{name},")]
+        return [p for p in candidates
+                if any(config.stat().st_mtime >= started for config in p.glob(f"{FOLD_PREFIX}*/.hydra/config.yaml"))]
 
 
 def main(argv=None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,12 +16,14 @@ from iad.contract import (
     BEST_CKPT,
     CHECKPOINT_DIR,
     ERROR_FILE,
+    IDENTITY_FILE,
     RESULT_FILE,
     RUN_OUTPUTS,
     best_checkpoint,
     fold_name,
     last_checkpoint,
 )
+from iad.utils.config import identity_settings
 from iad.utils.io import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,8 @@ def train(cfg: DictConfig) -> dict:
     result_path = run_dir / RESULT_FILE
     if cfg.get("overwrite"):
         _clear_run(run_dir)
-    elif result_path.exists():
+    config_hash = _claim_run_dir(run_dir, identity_settings(cfg))
+    if result_path.exists():
         result = json.loads(result_path.read_text())
         log.info("%s is finished (weighted AUC %s); skipping. Pass overwrite=true to retrain.", run_dir,
                  result.get("weighted_auc"))
@@ -76,7 +80,7 @@ def train(cfg: DictConfig) -> dict:
         return result
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     try:
-        return _fit(cfg, run_dir, pl)
+        return _fit(cfg, run_dir, pl, config_hash)
     except Exception:
         with atomic_write(run_dir / ERROR_FILE) as fh:
             fh.write(traceback.format_exc())
@@ -85,12 +89,15 @@ def train(cfg: DictConfig) -> dict:
         _finish_wandb()
 
 
-def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
+def _fit(cfg: DictConfig, run_dir: Path, pl, config_hash: str) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     has_validation = cfg.data.fold is not None or cfg.data.get("holdout_series", 0) > 0
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    hyperparameters = _run_record(cfg, run_dir, config_hash, datamodule)
+    for logger in loggers:
+        logger.log_hyperparams(hyperparameters)
     from iad.training.callbacks import OOFWriter
 
     oof_writer = OOFWriter(run_dir)  # restored from last.ckpt on resume, so `best` spans the whole run
@@ -125,6 +132,59 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
     print(f"{fold_name(cfg.data.fold)}: validation weighted AUC "
           f"{'n/a' if score is None else f'{score:.4f}'} ({result['best_variant']} weights, epoch {result['best_epoch']})")
     return result
+
+
+class RunFolderTaken(RuntimeError):
+    """A run folder holds another configuration's run."""
+
+
+def _claim_run_dir(run_dir: Path, settings: dict) -> str:
+    """Record what this run learns from, or check that the run already in the folder learned from the same.
+
+    Folder names carry only the command-line overrides; this also catches an experiment file edited
+    between two runs, so two configurations never share (resume, or skip as finished) one run.
+    """
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    identity = {"config_hash": hashlib.sha1(blob.encode()).hexdigest()[:16], "settings": json.loads(blob)}
+    path = run_dir / IDENTITY_FILE
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded.get("config_hash") != identity["config_hash"]:
+            before, now = recorded.get("settings", {}), identity["settings"]
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k, "<unset>") != now.get(k, "<unset>"))
+            shown = ", ".join(f"{k}: {before.get(k, '<unset>')!r} → {now.get(k, '<unset>')!r}" for k in changed[:5])
+            raise RunFolderTaken(f"{run_dir} holds a run of another configuration ({shown}"
+                                 f"{', ...' if len(changed) > 5 else ''}); pass overwrite=true to replace it, "
+                                 "or name=<new name> to keep both")
+        return identity["config_hash"]
+    if any((run_dir / name).exists() for name in RUN_OUTPUTS):
+        log.warning("%s has outputs but no %s (made by an older version): adopting them", run_dir, IDENTITY_FILE)
+    write_json_atomic(identity, path)
+    return identity["config_hash"]
+
+
+def _run_record(cfg: DictConfig, run_dir: Path, config_hash: str, datamodule) -> dict:
+    """What the loggers get as the run's config: the resolved config, plus where and what it ran from."""
+    preprocess = getattr(datamodule, "preprocess", None)
+    return {**OmegaConf.to_container(cfg, resolve=True),
+            "run": {"configuration": run_dir.parent.name, "fold": fold_name(cfg.data.fold), "config_hash": config_hash,
+                    "git_commit": _git_commit(), "preprocess_key": getattr(preprocess, "key", None)}}
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with `+dirty` for uncommitted changes); None outside a git checkout."""
+    import subprocess
+
+    from iad.utils.env import PROJECT_ROOT
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return f"{commit}+dirty" if commit and git("status", "--porcelain", "--untracked-files=no") else commit or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _validated_trainer(trainer_cfg: DictConfig, has_validation: bool) -> DictConfig:

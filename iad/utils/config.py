@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -10,6 +12,59 @@ from iad.contract import fold_name
 from iad.utils.env import PROJECT_ROOT
 
 CONFIG_DIR = PROJECT_ROOT / "conf"
+# Settings that never change what a run learns: they stay out of its identity and its folder name.
+# An entry matches the key itself and everything under it ("paths" covers paths.data_dir).
+NOT_IDENTITY = ("experiment", "name", "data.fold", "overwrite", "logger", "tags", "task_name", "paths",
+                "hydra", "hydra/launcher", "callbacks.rich_progress_bar", "data.num_workers", "data.prepare_workers",
+                "data.pin_memory", "data.eval_batch_size", "trainer.enable_progress_bar", "preflight_only")
+MAX_TAG_CHARS = 80
+
+
+def is_identity_key(key: str) -> bool:
+    """Whether a (dotted) config key can change what a run learns."""
+    return not any(key == k or key.startswith(f"{k}.") or key.startswith(f"{k}/") for k in NOT_IDENTITY)
+
+
+def run_tag(overrides) -> str:
+    """The result-changing command-line overrides as a folder-safe, order-free tag ("" when none).
+
+    Sweep lists (`lr=1e-3,2e-3`, as the launcher sees them before expanding) are left out: each job
+    gets its own value. Long tags keep their start and a hash of the whole.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in (overrides or [])])
+    items = sorted(o.input_line.lstrip("+~") for o in parsed if not o.is_sweep_override() and is_identity_key(o.key_or_group))
+    tag = ",".join(items).replace("/", "_")
+    if len(tag) > MAX_TAG_CHARS:
+        tag = f"{tag[:MAX_TAG_CHARS - 9]}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
+    return tag
+
+
+def run_name(name: str, overrides) -> str:
+    """A configuration's folder name: the experiment name, then `,<tag>` of its result-changing overrides."""
+    tag = run_tag(overrides)
+    return f"{name},{tag}" if tag else str(name)
+
+
+def run_group(output_dir: str) -> str:
+    """The configuration a run folder (<...>/<run name>/fold_<k>) belongs to: its W&B group."""
+    return Path(output_dir).parent.name
+
+
+def identity_settings(cfg) -> dict[str, Any]:
+    """The flattened, unresolved settings that define what a run learns (see NOT_IDENTITY)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif is_identity_key(prefix):
+            flat[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg, "")
+    return flat
 
 
 def plain(value: Any) -> Any:
@@ -23,12 +78,19 @@ def plain(value: Any) -> Any:
     return value
 
 
+RESOLVERS = {
+    "iad_root": lambda: str(PROJECT_ROOT),  # ${iad_root:}: the project folder
+    "fold_name": fold_name,                 # ${fold_name:${data.fold}}: fold_<k> or full
+    "run_name": run_name,                   # ${run_name:${name},${hydra.overrides.task}}: a configuration's folder
+    "run_group": run_group,                 # ${run_group:${paths.output_dir}}: that folder's name, from a run
+}
+
+
 def register_resolvers() -> None:
-    """`${iad_root:}`: the project folder; `${fold_name:${data.fold}}`: a fold's run folder name."""
-    if not OmegaConf.has_resolver("iad_root"):
-        OmegaConf.register_new_resolver("iad_root", lambda: str(PROJECT_ROOT))
-    if not OmegaConf.has_resolver("fold_name"):
-        OmegaConf.register_new_resolver("fold_name", fold_name)
+    """Register the project's OmegaConf resolvers (RESOLVERS) once."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_resolvers()
