@@ -11,8 +11,9 @@ on the next run), never fatal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 import json
 import logging
@@ -167,9 +168,19 @@ def normalised_volume(stored: StoredSeries, config: PreprocessConfig) -> tuple[n
     """The Z×H×W uint8 input and its mean image, as a cache entry would hold them; a flat input raises."""
     size, layout = config.image_size, stored.layout
     out = np.empty((len(stored.slices), size or layout.rows, size or layout.cols), dtype=np.uint8)
-    normalise_slices(layout.modality, list(stored.slices), stored.rescale, config, out, stored.invert)
+    with _naming(layout.folder):
+        normalise_slices(layout.modality, list(stored.slices), stored.rescale, config, out, stored.invert)
     require_contrast(int(out.min()), int(out.max()), layout.folder)
     return out, mean_over_slices(out)
+
+
+@contextmanager
+def _naming(folder: Path) -> Iterator[None]:
+    """Prefix the series folder to a NoContrastError raised without it."""
+    try:
+        yield
+    except NoContrastError as err:
+        raise NoContrastError(f"{folder}: {err}") from None
 
 
 def _cache_shape(layout: SeriesLayout, config: PreprocessConfig) -> tuple[int, int, int]:
@@ -218,7 +229,8 @@ def write_normalised(layout: SeriesLayout, path: Path, config: PreprocessConfig)
     stored = read_stored(layout)
     writer = VolumeWriter(path, _cache_shape(stored.layout, config))
     try:
-        intensity = normalise_slices(layout.modality, stored.slices, stored.rescale, config, writer, stored.invert)
+        with _naming(layout.folder):
+            intensity = normalise_slices(layout.modality, stored.slices, stored.rescale, config, writer, stored.invert)
     finally:
         writer.close()
     return stored.layout, writer, intensity
