@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import json
 import math
 import os
-import re
 from pathlib import Path
+import re
 import subprocess
 import sys
 import time

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from iad.preprocessing import PreprocessConfig, SeriesCache
-from iad.preprocessing.cache import CacheEntryError, META_FILE, TMP_PREFIX, VOLUME_FILE
+from iad.preprocessing.cache import META_FILE, TMP_PREFIX, VOLUME_FILE, CacheEntryError
 from iad.utils.env import PROJECT_ROOT
 from tests.dicom_helpers import write_slice
 from tests.training_helpers import run_train, tiny_overrides

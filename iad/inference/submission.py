@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-
 from pydicom.misc import is_dicom
 
 from iad.inference.predictor import TIMING_STAGES, Predictor
