@@ -33,7 +33,7 @@ from iad.inference import LoadedModel, Member, Predictor, predict_folder
 from iad.inference.submission import NoSeriesError, series_folders_in
 from iad.labels import LABEL_COLS, UID_COL
 from iad.preprocessing import PreprocessConfig, SeriesCache
-from iad.preprocessing.cache import normalised_volume, read_stored
+from iad.preprocessing.cache import FAILED_FILE, normalised_volume, read_stored
 from iad.utils.env import PROJECT_ROOT
 from tests.dicom_helpers import SAGITTAL, write_enhanced_mr, write_slice
 
@@ -385,7 +385,7 @@ def test_broken_series_are_listed_in_failed_json(broken_corpus: Path, tmp_path: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = cache.build({case.name: broken_corpus / case.name for case in BROKEN}, progress=False)
-    failed = json.loads((cache.dir / "failed.json").read_text())
+    failed = json.loads((cache.dir / FAILED_FILE).read_text())
     assert report.cached == 0 and set(failed) == {case.name for case in BROKEN}
     for case in BROKEN:
         assert re.search(case.reason, failed[case.name]), failed[case.name]

@@ -1,9 +1,10 @@
-"""Killed runs: preparation with pool workers and training leave nothing behind that blocks or hangs a rerun."""
+"""A killed preparation with pool workers, and damaged cache entries, leave nothing that blocks or hangs a rerun.
+
+The killed and damaged training run is in tests/test_training.py (it reuses that module's data).
+"""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 import signal
 import subprocess
@@ -11,7 +12,6 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import psutil
 import pytest
 
@@ -19,7 +19,6 @@ from iad.preprocessing import PreprocessConfig, SeriesCache
 from iad.preprocessing.cache import META_FILE, TMP_PREFIX, VOLUME_FILE, CacheEntryError
 from iad.utils.env import PROJECT_ROOT
 from tests.dicom_helpers import write_slice
-from tests.training_helpers import run_train, tiny_overrides
 
 BUILD_SCRIPT = """
 import sys
@@ -100,41 +99,3 @@ def test_truncated_cache_entry_is_named_when_opened_and_rebuilt(tmp_path):
     report = cache.build({"1.2.3": tmp_path / "series" / "1.2.3"}, progress=False)
     assert report.rebuilt == ["1.2.3"] and report.cached == 1 and "rebuilt 1 damaged" in str(report)
     assert volume.read_bytes() == intact and cache.volume("1.2.3").shape == (6, 48, 48)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("killtrain")
-
-
-def test_killed_training_resumes_keeping_its_metric_rows(workspace):
-    args = [*tiny_overrides(workspace / "data", workspace / "logs"), "name=killed", "trainer.max_epochs=3",
-            "trainer.check_val_every_n_epoch=1"]
-    run_dir = workspace / "logs" / "train" / "runs" / "killed" / "fold_0"
-    last, metrics = run_dir / "checkpoints" / "last.ckpt", run_dir / "csv" / "metrics.csv"
-    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=PROJECT_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "IAD_OFFLINE": "1"})
-    deadline = time.time() + 300
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert last.exists() and not (run_dir / "result.json").exists(), "the run was not interrupted mid-way"
-    before = pd.read_csv(metrics)
-    assert 0 in set(before["epoch"].dropna())
-
-    out = run_train(args)
-    assert out.returncode == 0, out.stderr[-3000:]
-    after = pd.read_csv(metrics)
-    assert set(after["epoch"].dropna()) == {0, 1, 2}  # epoch 0 comes from the killed attempt only
-    assert after["val/weighted_auc"].notna().sum() >= 2
-    assert not list(run_dir.rglob(".tmp*")) and not list(run_dir.rglob("*.tmp"))
-
-    # a last.ckpt truncated by a kill during saving: named, set aside, and the fold resumes from best.ckpt
-    last.write_bytes(last.read_bytes()[:1000])
-    (run_dir / "result.json").unlink()
-    out = run_train(args)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "last.ckpt is damaged" in out.stdout and "resuming from" in out.stdout and "best.ckpt" in out.stdout
-    assert (run_dir / "checkpoints" / "last.ckpt.damaged").exists()
-    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 3

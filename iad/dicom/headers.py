@@ -257,8 +257,7 @@ def _frame_header(
     position = _group_value(groups, "PlanePositionSequence", POSITION)
     if position is None and n_frames == 1:  # one top-level position cannot place several frames
         position = _floats(ds, POSITION)
-    slope = _group_value(groups, "PixelValueTransformationSequence", SLOPE)
-    slope = slope if slope is not None else _floats(ds, SLOPE)
+    slope = _group_value(groups, "PixelValueTransformationSequence", SLOPE) or _floats(ds, SLOPE)
     intercept = _group_value(groups, "PixelValueTransformationSequence", INTERCEPT) or _floats(ds, INTERCEPT)
     ref = FrameRef(
         path=path,

@@ -205,7 +205,7 @@ def _largest_consistent_group(
     folder: Path, frames: list[FrameHeader], headers: list[FileHeader], dropped: list[tuple[str, str]]
 ) -> list[FrameHeader]:
     """Keep one consistent group: most slices, then larger in-plane size, then lowest echo and temporal
-    position, then the smaller series UID and orientation (never the file order)."""
+    position, then the smaller series UID and orientation, a missing one last (never the file order)."""
     planes: list[np.ndarray] = []
     keys = [_consistency_key(frame, planes) for frame in frames]
     counts = Counter(keys)
@@ -214,7 +214,7 @@ def _largest_consistent_group(
 
     def rank(key: GroupKey) -> tuple:
         series_uid, rows, cols, plane, echo, temporal = key
-        orientation = () if plane < 0 else tuple(-planes[plane])
+        orientation = (True, ()) if plane < 0 else (False, tuple(planes[plane]))
         return (-counts[key], -rows * cols, _none_last(echo), _none_last(temporal), series_uid, orientation)
 
     kept_key = min(counts, key=rank)
