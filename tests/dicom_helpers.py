@@ -74,10 +74,12 @@ def write_slice(
     implicit_vr: bool = False,
     bits_stored: int | None = None,
     compress_to: str | None = None,
+    extra: dict | None = None,
 ) -> str:
     """Write one single-frame image; return its SOPInstanceUID.
 
     `compress_to`: a transfer syntax pydicom can encode (RLE Lossless, JPEG 2000 Lossless).
+    `extra`: further attributes by keyword (e.g. EchoNumbers), set before compressing.
     """
     syntax = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
     sop_class = CTImageStorage if modality == "CT" else MRImageStorage
@@ -98,6 +100,8 @@ def write_slice(
     if intercept is not None:
         ds.RescaleIntercept = ds_values([intercept])[0]
     _set_pixels(ds, pixels, bits_stored)
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
     if compress_to is not None:
         ds.compress(compress_to)
     ds.save_as(path, enforce_file_format=True)

@@ -97,13 +97,19 @@ def test_offline_pretrained_names_the_cache_and_the_local_file_option(tmp_path):
 
 
 def test_run_names_carry_the_result_changing_overrides():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from iad.utils.config import MAX_TAG_CHARS, run_name
 
     assert run_name("exp2", ["experiment=exp2", "data.fold=3", "paths.data_dir=/data", "logger=wandb"]) == "exp2"
     assert run_name("exp2", ["model.optimizer.lr=1e-3", "seed=1"]) == run_name("exp2", ["seed=1", "model.optimizer.lr=1e-3"])
-    assert run_name("exp2", ["model.optimizer.lr=1e-3"]) == "exp2,model.optimizer.lr=1e-3"
+    assert run_name("exp2", ["model.optimizer.lr=1e-3"]) == "exp2@model.optimizer.lr:1e-3"
+    assert run_name("exp2", ["seed=1", "data.input.offsets=[-2,0,2]"]) == "exp2@data.input.offsets:_-2_0_2_+seed:1"
+    assert run_name("exp2", ["seed=1", "seed=2"]) == run_name("exp2", ["seed=2"])  # the last value wins
     assert run_name("exp2", ["model.optimizer.lr=1e-3,2e-3", "data.fold=0,1"]) == "exp2"  # sweep lists: per job
-    assert "/" not in run_name("exp2", ["model.pretrained_file=/w/vit.safetensors"])
+    folder = run_name("exp2", ["model.pretrained_file=/w/vit.safetensors", "~model.mixup"])
+    assert folder == "exp2@model.mixup:deleted+model.pretrained_file:_w_vit.safetensors"
+    OverridesParser.create().parse_override(f"model_path=/logs/{folder}")  # usable unquoted on a command line
     long = run_name("exp2", [f"model.backbone_kwargs.k{i}={i}" for i in range(30)])
-    assert len(long) <= len("exp2,") + MAX_TAG_CHARS
+    assert len(long) <= len("exp2@") + MAX_TAG_CHARS
     assert long != run_name("exp2", [f"model.backbone_kwargs.k{i}={i}" for i in range(31)])

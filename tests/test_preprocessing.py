@@ -231,22 +231,41 @@ def test_prepare_caches_only_the_series_the_label_table_lists(tmp_path):
     assert {uid for uid in listed["SeriesInstanceUID"] if cache.has(uid)} == set(listed["SeriesInstanceUID"].iloc[:2])
 
 
-def test_ct_series_with_an_undecodable_file_fails_instead_of_caching_a_blank_slice(tmp_path, monkeypatch):
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_a_few_undecodable_slices_are_dropped_more_fail_the_series(tmp_path, monkeypatch, modality):
+    """One bad slice in 10 is dropped (MAX_BAD_SLICE_FRACTION), never cached as a blank slice; two fail."""
     import iad.dicom.pixels as pixels
 
     folder = tmp_path / "series" / "1.2.3.9"
-    write_ct_series(folder, n=4)
-    broken = sorted(folder.iterdir())[1]
+    folder.mkdir(parents=True)
+    for z in range(10):
+        write_slice(folder / f"{z:02d}.dcm", np.full((16, 16), 400 + 50 * z, np.int16), position=(0, 0, z),
+                    modality=modality, intercept=-1024 if modality == "CT" else None)
+    names = sorted(folder.iterdir())
+    broken = {names[3]}
     decode = pixels._read_file_frames
 
     def failing_decoder(path, *args):  # what a corrupt compressed file does inside the codec
-        if Path(path) == broken:
+        if Path(path) in broken:
             raise ValueError("corrupt codestream")
         return decode(path, *args)
 
     monkeypatch.setattr(pixels, "_read_file_frames", failing_decoder)
-    cache = SeriesCache(tmp_path / "cache", PreprocessConfig())
-    with pytest.warns(Warning, match="unreadable pixels"):
+    config = PreprocessConfig(ct_window=(-700, 1000))
+    cache = SeriesCache(tmp_path / "cache", config)
+    with pytest.warns(Warning, match="dropped 1 undecodable slice"):
         report = cache.build({"1.2.3.9": folder}, progress=False)
-    assert report.cached == 0 and "could not be decoded" in report.failed["1.2.3.9"]
-    assert str(broken) in report.failed["1.2.3.9"] and not cache.has("1.2.3.9")
+    assert report.cached == 1
+    meta = cache.meta("1.2.3.9")
+    assert meta.shape[0] == 9 and meta.slice_positions == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert [Path(p).name for p, _ in meta.dropped] == ["03.dcm"]
+    volume = cache.volume("1.2.3.9")
+    assert (np.diff(volume[:, 0, 0].astype(int)) > 0).all()  # no blank slice stands in for the lost one
+    assert np.array_equal(cache.mean_image("1.2.3.9"), np.rint(volume.mean(axis=0)).astype(np.uint8))
+
+    broken.add(names[6])
+    other = SeriesCache(tmp_path / "cache2", config)
+    with pytest.warns(Warning, match="unreadable pixels"):
+        report = other.build({"1.2.3.9": folder}, progress=False)
+    assert "2 of 10 slice(s) could not be decoded" in report.failed["1.2.3.9"]
+    assert str(names[3]) in report.failed["1.2.3.9"] and not other.has("1.2.3.9")

@@ -145,7 +145,7 @@ def test_sweep_over_a_parameter_gives_one_sweep_per_configuration(workspace):
     out = run_train(["-m", *tiny, "data.fold=0,1", "name=lrs", "model.optimizer.lr=1e-3,2e-3"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "already finished" not in out.stdout  # the second learning rate is not mistaken for the first
-    sweeps = [p for p in (workspace / "logs" / "train" / "sweeps").glob("lrs,*") if (p / "cv.json").exists()]
+    sweeps = [p for p in (workspace / "logs" / "train" / "sweeps").glob("lrs@*") if (p / "cv.json").exists()]
     learning_rates = []
     for sweep_dir in sweeps:
         cv = json.loads((sweep_dir / "cv.json").read_text())
@@ -182,7 +182,7 @@ def test_cv_rebuild_command(sweep):
     assert (sweep_dir / "cv.json").exists() and "fold_1" in out.stdout
 
 
-def test_interrupted_fold_resumes_from_last_checkpoint(workspace):
+def test_interrupted_fold_resumes_from_last_checkpoint_keeping_metric_rows(workspace):
     args = [*tiny_overrides(workspace / "data", workspace / "logs"), "name=resume", "trainer.max_epochs=3"]
     run_dir = configuration_dir(workspace / "logs", "runs", args) / "fold_0"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -195,11 +195,24 @@ def test_interrupted_fold_resumes_from_last_checkpoint(workspace):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert last.exists() and not (run_dir / "result.json").exists(), "the run was not interrupted mid-way"
+    metrics = run_dir / "csv" / "metrics.csv"
+    assert 0 in set(pd.read_csv(metrics)["epoch"].dropna())
     out = run_train(args)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from" in out.stdout
     result = json.loads((run_dir / "result.json").read_text())
     assert result["resumed_from_epoch"] is not None and result["epochs"] == 3
+    assert set(pd.read_csv(metrics)["epoch"].dropna()) == {0, 1, 2}  # epoch 0 is only in the killed attempt's rows
+    assert not list(run_dir.rglob(".tmp*")) and not list(run_dir.rglob("*.tmp"))
+
+    # a last.ckpt truncated by a kill while saving: named, set aside, and the fold resumes from best.ckpt
+    last.write_bytes(last.read_bytes()[:1000])
+    (run_dir / "result.json").unlink()
+    out = run_train(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "last.ckpt is damaged" in out.stdout and "resuming from" in out.stdout and "best.ckpt" in out.stdout
+    assert (run_dir / "checkpoints" / "last.ckpt.damaged").exists()
+    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 3
 
 
 def test_failing_fold_keeps_the_others(workspace):

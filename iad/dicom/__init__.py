@@ -4,11 +4,24 @@ Pure data code (numpy + pydicom); no torch import, picklable results for process
 """
 
 from iad.dicom.headers import FrameRef
-from iad.dicom.layout import SeriesLayout, SeriesReadError, SeriesReadWarning, scan_series
+from iad.dicom.layout import (
+    MAX_BAD_SLICE_FRACTION,
+    ReadLimits,
+    SeriesLayout,
+    SeriesReadError,
+    SeriesReadWarning,
+    SeriesTimeout,
+    keep_decoded,
+    scan_series,
+)
 from iad.dicom.pixels import Series, iter_stored_slices, load_series
 
 __all__ = [
+    "MAX_BAD_SLICE_FRACTION",
     "FrameRef",
+    "ReadLimits",
+    "SeriesTimeout",
+    "keep_decoded",
     "Series",
     "SeriesLayout",
     "SeriesReadError",

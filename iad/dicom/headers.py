@@ -52,12 +52,17 @@ SAMPLES_PER_PIXEL = _tag("SamplesPerPixel")
 NUMBER_OF_FRAMES = _tag("NumberOfFrames")
 PER_FRAME_GROUPS = _tag("PerFrameFunctionalGroupsSequence")
 SHARED_GROUPS = _tag("SharedFunctionalGroupsSequence")
+PHOTOMETRIC = _tag("PhotometricInterpretation")
+ECHO_NUMBERS = _tag("EchoNumbers")
+TEMPORAL_POSITION = _tag("TemporalPositionIdentifier")
+EFFECTIVE_ECHO_TIME = _tag("EffectiveEchoTime")
+TEMPORAL_POSITION_INDEX = _tag("TemporalPositionIndex")
 
 _HEADER_TAGS = [
     SOP_UID, SERIES_UID, MODALITY, IMAGE_TYPE, INSTANCE_NUMBER, POSITION, ORIENTATION,
     PIXEL_SPACING, SLICE_THICKNESS, SPACING_BETWEEN_SLICES, SLOPE, INTERCEPT, ROWS, COLUMNS,
     BITS_ALLOCATED, BITS_STORED, PIXEL_REPRESENTATION, SAMPLES_PER_PIXEL, NUMBER_OF_FRAMES,
-    PER_FRAME_GROUPS, SHARED_GROUPS,
+    PER_FRAME_GROUPS, SHARED_GROUPS, PHOTOMETRIC, ECHO_NUMBERS, TEMPORAL_POSITION,
 ]  # fmt: skip
 _US_TAGS = {ROWS, COLUMNS, BITS_ALLOCATED, BITS_STORED, PIXEL_REPRESENTATION, SAMPLES_PER_PIXEL}
 _PIXEL_DATA = 0x7FE00010
@@ -65,6 +70,8 @@ _WANTED = set(_HEADER_TAGS)
 _DECLINED = {PER_FRAME_GROUPS, SHARED_GROUPS}  # enhanced multi-frame: pydicom parses the sequences
 _FRAME_TYPE_SEQUENCES = ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM_TAG = 0xE000FFFE  # (FFFE,E000) read as one little-endian 32-bit word
+_UNIT_TOLERANCE = 0.01  # direction cosines: |norm - 1| and |row . col| above this make an orientation degenerate
 
 
 class UnusableFile(Exception):
@@ -81,6 +88,7 @@ class FrameRef:
     position: tuple[float, float, float] | None
     slope: float
     intercept: float
+    invert: bool = False  # MONOCHROME1: low values are displayed bright
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,9 @@ class FrameHeader:
     spacing_between_slices: float | None
     instance_number: int | None
     is_localizer: bool
+    echo: float | None = None  # EchoNumbers, or the frame's EffectiveEchoTime
+    temporal: float | None = None  # TemporalPositionIdentifier, or the frame's TemporalPositionIndex
+    bad_orientation: tuple[float, ...] | None = None  # a degenerate ImageOrientationPatient, ignored
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,7 @@ class FileHeader:
     path: Path
     frames: tuple[FrameHeader, ...]
     storage: PixelStorage | None  # None: pixels must be decoded through pydicom
+    decoded_bytes: int = 0  # what decoding every frame of the file allocates
 
 
 def read_header(path: Path) -> FileHeader:
@@ -133,12 +145,15 @@ def read_header(path: Path) -> FileHeader:
     if samples != 1:
         raise UnusableFile(f"SamplesPerPixel={samples}: colour images are not supported")
     n_frames = max(_int(elements, NUMBER_OF_FRAMES) or 1, 1)
+    bits = _int(elements, BITS_ALLOCATED) or 16
+    decoded_bytes = n_frames * rows * cols * max(-(-bits // 8), 1)
 
     storage = None
     if parsed.syntax != DeflatedExplicitVRLittleEndian:  # deflated: file offsets mean nothing, trust pydicom
         pixel_tag = _element_tag(parsed.pixel_element, parsed.little_endian)
         if pixel_tag not in PIXEL_DATA_TAGS:
             raise UnusableFile("no pixel data")
+        _check_declared_size(path, parsed, n_frames, rows, cols, bits, file_size)
         if pixel_tag == _PIXEL_DATA and parsed.syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             storage = _native_storage(parsed, rows, cols, n_frames)
     if storage is not None:
@@ -150,7 +165,48 @@ def read_header(path: Path) -> FileHeader:
         _frame_header(elements, path, rows, cols, index, n_frames, per_frame[index : index + 1] + shared)
         for index in range(n_frames)
     )
-    return FileHeader(path, frames, storage)
+    return FileHeader(path, frames, storage, decoded_bytes)
+
+
+def _check_declared_size(path: Path, parsed: ParsedHeader, n_frames: int, rows: int, cols: int, bits: int,
+                         file_size: int) -> None:
+    """Reject a header whose declared image cannot be in the file, before any decoder allocates it.
+
+    Native data must hold every declared byte; encapsulated data needs at least one fragment per
+    frame (PS3.5 A.4: a fragment never holds two frames), counted from the item headers alone.
+    """
+    element = parsed.pixel_element
+    if len(element) < 12:
+        raise UnusableFile("truncated pixel data element")
+    try:
+        explicit = not parsed.syntax.is_implicit_VR
+    except (AttributeError, ValueError):  # no or unknown transfer syntax: look at the element itself
+        explicit = element[4:6].isalpha()
+    length = struct.unpack("<L" if parsed.little_endian else ">L", element[8:12] if explicit else element[4:8])[0]
+    value_start = parsed.pixel_tell + (12 if explicit else 8)
+    if length != _UNDEFINED_LENGTH:
+        needed = -(-n_frames * rows * cols * bits // 8)
+        if length < needed or value_start + length > file_size:
+            raise UnusableFile(f"pixel data too short for the declared {n_frames} frame(s) of {rows}x{cols} at "
+                               f"{bits} bits ({min(length, file_size - value_start)} bytes, {needed} needed)")
+        return
+    fragments = _count_fragments(path, value_start, file_size)
+    if fragments < n_frames:
+        raise UnusableFile(f"NumberOfFrames is {n_frames} but the encapsulated pixel data holds {fragments} fragment(s)")
+
+
+def _count_fragments(path: Path, start: int, file_size: int) -> int:
+    """Fragment items after the basic offset table, walking item headers only (a damaged tail ends the count;
+    pydicom's `parse_fragments` would raise without one)."""
+    count, pos = -1, start  # the first item is the basic offset table
+    with open(path, "rb") as fp:
+        while pos + 8 <= file_size:
+            fp.seek(pos)
+            tag, length = struct.unpack("<2L", fp.read(8))
+            if tag != _ITEM_TAG or length == _UNDEFINED_LENGTH:
+                break  # sequence delimiter, or damage
+            count, pos = count + 1, pos + 8 + length
+    return max(count, 0)
 
 
 def _parse_with_pydicom(fp: BinaryIO) -> ParsedHeader:
@@ -210,8 +266,10 @@ def _frame_header(
         position=_triple(position),
         slope=slope[0] if slope else 1.0,
         intercept=intercept[0] if intercept else 0.0,
+        invert=_text(ds, PHOTOMETRIC) == "MONOCHROME1",
     )
     orientation = _group_value(groups, "PlaneOrientationSequence", ORIENTATION) or _floats(ds, ORIENTATION)
+    valid = orientation is not None and len(orientation) == 6 and _orthonormal(orientation)
     spacing = _group_value(groups, "PixelMeasuresSequence", PIXEL_SPACING) or _floats(ds, PIXEL_SPACING)
     thickness = _group_value(groups, "PixelMeasuresSequence", SLICE_THICKNESS) or _floats(ds, SLICE_THICKNESS)
     between = _group_value(groups, "PixelMeasuresSequence", SPACING_BETWEEN_SLICES) or _floats(ds, SPACING_BETWEEN_SLICES)
@@ -221,13 +279,27 @@ def _frame_header(
         modality=_text(ds, MODALITY),
         rows=rows,
         cols=cols,
-        orientation=orientation if orientation and len(orientation) == 6 else None,
+        orientation=orientation if valid else None,
         pixel_spacing=(spacing[0], spacing[1]) if spacing and len(spacing) == 2 else None,
         slice_thickness=thickness[0] if thickness else None,
         spacing_between_slices=between[0] if between else None,
         instance_number=_int(ds, INSTANCE_NUMBER),
         is_localizer="LOCALIZER" in _texts(ds, IMAGE_TYPE) or _frame_is_localizer(groups),
+        echo=_first(_group_value(groups, "MREchoSequence", EFFECTIVE_ECHO_TIME) or _floats(ds, ECHO_NUMBERS)),
+        temporal=_first(_group_value(groups, "FrameContentSequence", TEMPORAL_POSITION_INDEX)
+                        or _floats(ds, TEMPORAL_POSITION)),
+        bad_orientation=None if valid or orientation is None else orientation,
     )
+
+
+def _orthonormal(cosines: tuple[float, ...]) -> bool:
+    row, col = np.asarray(cosines[:3]), np.asarray(cosines[3:])
+    return (abs(np.linalg.norm(row) - 1) <= _UNIT_TOLERANCE and abs(np.linalg.norm(col) - 1) <= _UNIT_TOLERANCE
+            and abs(float(row @ col)) <= _UNIT_TOLERANCE)
+
+
+def _first(values: tuple[float, ...] | None) -> float | None:
+    return values[0] if values else None
 
 
 def _group_value(groups: list[Dataset], sequence: str, tag: int) -> tuple[float, ...] | None:

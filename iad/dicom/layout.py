@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+import time
 import warnings
 
 import numpy as np
@@ -16,10 +17,36 @@ from iad.dicom.headers import FileHeader, FrameHeader, FrameRef, PixelStorage, U
 AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 ORIENTATION_TOLERANCE = 1e-3  # max |difference| of direction cosines still called the same plane
 _POSITION_DECIMALS = 4  # projected positions closer than 0.1 µm count as ties
+# A series may lose this share of its slices (at least one) to undecodable pixels or missing positions;
+# those slices are dropped with a warning. Beyond it the series fails (undecodable) or is sorted without
+# positions (missing positions), because the volume would no longer be the one the scanner made.
+MAX_BAD_SLICE_FRACTION = 0.1
+MAX_SERIES_BYTES = 4 * 2**30  # default cap on the pixels one series may decode (ReadLimits)
 
 
 class SeriesReadError(Exception):
     """A folder that yields no usable slice; the message names the folder, the file and the reason."""
+
+
+class SeriesTimeout(TimeoutError):
+    """The per-series time budget ran out."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What reading one series may cost: decoded pixel bytes, and a `time.perf_counter()` deadline."""
+
+    max_series_bytes: int = MAX_SERIES_BYTES
+    deadline: float | None = None
+
+    def check_time(self, where: Path) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise SeriesTimeout(f"{where}: per-series time budget exceeded")
+
+
+def allowed_bad_slices(n_slices: int) -> int:
+    """How many of `n_slices` may be dropped as bad (MAX_BAD_SLICE_FRACTION, at least one)."""
+    return max(1, int(n_slices * MAX_BAD_SLICE_FRACTION))
 
 
 class SeriesReadWarning(UserWarning):
@@ -48,6 +75,7 @@ class SeriesLayout:
     dropped: list[tuple[str, str]]
     assumed: tuple[str, ...] = ()
     storage: dict[Path, PixelStorage | None] = field(default_factory=dict, repr=False)
+    limits: ReadLimits = field(default_factory=ReadLimits, repr=False)
 
     @property
     def positions(self) -> np.ndarray:
@@ -63,31 +91,53 @@ class SeriesLayout:
         """Slice index (sorted order) of a SOP instance, and of its frame for multi-frame files."""
         return slice_index_of(self._index, sop_uid, frame, f"kept slices of {self.folder}")
 
-def scan_series(folder: str | Path) -> SeriesLayout:
+def scan_series(folder: str | Path, limits: ReadLimits | None = None) -> SeriesLayout:
     """Read every file's header in `folder` and return the kept slices, sorted along the slice normal.
 
-    Dropped (listed in `dropped`): non-DICOM or unreadable files and files without a grey-level image
-    (with a warning each), LOCALIZER images, and slices outside the largest group sharing series UID,
-    size and orientation (one warning). Sorting is ascending by ImagePositionPatient projected on the
-    normal of ImageOrientationPatient; ties go by InstanceNumber, frame index, then file name. When any
-    kept slice lacks a position the whole series is sorted by that fallback key instead.
+    Dropped (listed in `dropped`): non-DICOM or unreadable files, files whose declared image cannot be
+    in the file, and files without a grey-level image (with a warning each), LOCALIZER images and
+    frames with RescaleSlope 0, and slices outside the kept group (one warning). Slices are grouped by
+    series UID, size, orientation, echo and temporal position; the kept group has the most slices,
+    then the larger in-plane size, then the lowest echo and temporal position (dcm2niix would write
+    each group as its own volume; one volume is kept, never two interleaved). A degenerate
+    ImageOrientationPatient counts as missing (axial assumed, with a warning).
+
+    Sorting is ascending by ImagePositionPatient projected on the slice normal; ties go by
+    InstanceNumber, frame index, then file name. Slices without a position are dropped (with a warning)
+    while they are at most `allowed_bad_slices`; beyond that the whole series is sorted by the tie key.
+    Raises SeriesReadError when the kept slices would decode to more than `limits.max_series_bytes`.
     """
     folder = Path(folder)
-    headers, dropped = _read_headers(folder)
+    limits = limits or ReadLimits()
+    headers, dropped = _read_headers(folder, limits)
     frames = []
     for header in headers:
         for frame in header.frames:
             if frame.is_localizer:
                 dropped.append(_drop_entry(header, frame, "LOCALIZER image"))
+            elif frame.ref.slope == 0:
+                dropped.append(_drop_entry(header, frame, "RescaleSlope 0 (a constant image)"))
             else:
                 frames.append(frame)
     if not frames:
         raise SeriesReadError(f"{folder}: no usable slice; {_summary(dropped)}")
     frames = _largest_consistent_group(folder, frames, headers, dropped)
-    return _build_layout(folder, frames, headers, dropped)
+    layout = _build_layout(folder, frames, headers, dropped, limits)
+    _check_size(layout, headers)
+    return layout
 
 
-def _read_headers(folder: Path) -> tuple[list[FileHeader], list[tuple[str, str]]]:
+def _check_size(layout: SeriesLayout, headers: list[FileHeader]) -> None:
+    kept = {ref.path for ref in layout.frames}
+    total = sum(header.decoded_bytes for header in headers if header.path in kept)
+    if total > layout.limits.max_series_bytes:
+        largest = max((h for h in headers if h.path in kept), key=lambda h: h.decoded_bytes)
+        raise SeriesReadError(f"{layout.folder}: decoding would allocate {total / 2**20:.0f} MiB, over the "
+                              f"{layout.limits.max_series_bytes / 2**20:.0f} MiB allowed per series (largest file "
+                              f"{largest.path}: {largest.decoded_bytes / 2**20:.0f} MiB; raise max_series_mb)")
+
+
+def _read_headers(folder: Path, limits: ReadLimits) -> tuple[list[FileHeader], list[tuple[str, str]]]:
     if not folder.is_dir():
         raise SeriesReadError(f"{folder}: series folder does not exist or is not a folder")
     paths = sorted(p for p in folder.iterdir() if p.is_file())
@@ -95,6 +145,7 @@ def _read_headers(folder: Path) -> tuple[list[FileHeader], list[tuple[str, str]]
         raise SeriesReadError(f"{folder}: series folder is empty")
     headers, dropped = [], []
     for path in paths:
+        limits.check_time(folder)
         try:
             headers.append(read_header(path))
         except UnusableFile as err:
@@ -120,8 +171,12 @@ def _summary(dropped: list[tuple[str, str]]) -> str:
     return f"all {len(dropped)} files/frames dropped, e.g. {first_path}: {first_reason}"
 
 
-def _consistency_key(frame: FrameHeader, planes: list[np.ndarray]) -> tuple[str, int, int, int]:
-    """(series, rows, cols, plane id); plane ids cluster orientations within the tolerance (-1: none)."""
+GroupKey = tuple  # (series, rows, cols, plane id, echo, temporal position)
+
+
+def _consistency_key(frame: FrameHeader, planes: list[np.ndarray]) -> GroupKey:
+    """(series, rows, cols, plane id, echo, temporal); plane ids cluster orientations within the
+    tolerance (-1: none)."""
     plane = -1
     if frame.orientation is not None:
         cosines = np.asarray(frame.orientation)
@@ -132,19 +187,26 @@ def _consistency_key(frame: FrameHeader, planes: list[np.ndarray]) -> tuple[str,
         else:
             planes.append(cosines)
             plane = len(planes) - 1
-    return frame.series_uid, frame.rows, frame.cols, plane
+    return frame.series_uid, frame.rows, frame.cols, plane, frame.echo, frame.temporal
 
 
 def _largest_consistent_group(
     folder: Path, frames: list[FrameHeader], headers: list[FileHeader], dropped: list[tuple[str, str]]
 ) -> list[FrameHeader]:
-    """Keep the most numerous (series, size, orientation) group; ties go to the group seen first."""
+    """Keep one consistent group: most slices, then larger in-plane size, then lowest echo and temporal
+    position, then the smaller series UID and orientation, a missing one last (never the file order)."""
     planes: list[np.ndarray] = []
     keys = [_consistency_key(frame, planes) for frame in frames]
     counts = Counter(keys)
     if len(counts) == 1:
         return frames
-    kept_key = max(counts, key=counts.__getitem__)  # first maximal key in file order
+
+    def rank(key: GroupKey) -> tuple:
+        series_uid, rows, cols, plane, echo, temporal = key
+        orientation = (True, ()) if plane < 0 else (False, tuple(planes[plane]))
+        return (-counts[key], -rows * cols, _none_last(echo), _none_last(temporal), series_uid, orientation)
+
+    kept_key = min(counts, key=rank)
     header_of = {header.path: header for header in headers}
     kept_group = _describe_key(kept_key, planes)
     kept = []
@@ -164,24 +226,46 @@ def _largest_consistent_group(
     return kept
 
 
-def _describe_key(key: tuple[str, int, int, int], planes: list[np.ndarray]) -> str:
-    series_uid, rows, cols, plane = key
+def _none_last(value: float | None) -> tuple[bool, float]:
+    return value is None, value or 0.0
+
+
+def _describe_key(key: GroupKey, planes: list[np.ndarray]) -> str:
+    series_uid, rows, cols, plane, echo, temporal = key
     orientation = "none" if plane < 0 else np.array2string(planes[plane], precision=3, separator=",")
-    return f"series {series_uid or '?'} {rows}x{cols} orientation {orientation}"
+    extra = "".join(f" {name} {value:g}" for name, value in (("echo", echo), ("temporal position", temporal))
+                    if value is not None)
+    return f"series {series_uid or '?'} {rows}x{cols} orientation {orientation}{extra}"
 
 
 def _build_layout(
-    folder: Path, frames: list[FrameHeader], headers: list[FileHeader], dropped: list[tuple[str, str]]
+    folder: Path, frames: list[FrameHeader], headers: list[FileHeader], dropped: list[tuple[str, str]],
+    limits: ReadLimits,
 ) -> SeriesLayout:
     first = frames[0]
     assumed = []
     if first.orientation is None:
         assumed.append("orientation")
+        if first.bad_orientation is not None:
+            warnings.warn(f"{first.ref.path}: degenerate ImageOrientationPatient {list(first.bad_orientation)} "
+                          "(not two orthogonal unit vectors); assuming axial", SeriesReadWarning, stacklevel=3)
     orientation = AXIAL.copy() if first.orientation is None else np.array(first.orientation, dtype=np.float64)
     if first.pixel_spacing is None:
         assumed.append("pixel_spacing")
     normal = slice_normal(orientation)
 
+    unplaced = [frame for frame in frames if frame.ref.position is None]
+    if unplaced and len(unplaced) <= allowed_bad_slices(len(frames)) < len(frames):
+        header_of = {header.path: header for header in headers}
+        for frame in unplaced:
+            dropped.append(_drop_entry(header_of[frame.ref.path], frame, "no ImagePositionPatient"))
+        warnings.warn(f"{folder}: dropped {len(unplaced)} of {len(frames)} slices without ImagePositionPatient "
+                      f"(first {unplaced[0].ref.path}); the others keep their position order",
+                      SeriesReadWarning, stacklevel=3)
+        frames = [frame for frame in frames if frame.ref.position is not None]
+    elif unplaced and len(unplaced) < len(frames):
+        warnings.warn(f"{folder}: {len(unplaced)} of {len(frames)} slices lack ImagePositionPatient; "
+                      "sorting every slice by InstanceNumber instead", SeriesReadWarning, stacklevel=3)
     if all(frame.ref.position is not None for frame in frames):
         frames = sorted(frames, key=lambda frame: (_projection(frame, normal), *_fallback_key(frame)))
         slice_spacing = _median_step([_projection(frame, normal) for frame in frames])
@@ -208,6 +292,7 @@ def _build_layout(
         dropped=dropped,
         assumed=tuple(assumed),
         storage={header.path: header.storage for header in headers if header.path in kept_paths},
+        limits=limits,
     )
 
 
@@ -222,6 +307,28 @@ def project_position(position, normal: np.ndarray) -> float | None:
     if position is None or np.isnan(np.asarray(position, dtype=np.float64)).any():
         return None
     return round(float(np.dot(position, normal)), _POSITION_DECIMALS)
+
+
+def keep_decoded(layout: SeriesLayout, decoded: list[int] | np.ndarray) -> SeriesLayout:
+    """The layout restricted to the slices in `decoded`; raise when more than `allowed_bad_slices` are missing.
+
+    The reasons of undecodable files are in `layout.dropped` (see `iter_stored_slices`).
+    """
+    n_slices = len(layout.frames)
+    kept = sorted(set(int(z) for z in decoded))
+    if len(kept) == n_slices:
+        return layout
+    first_missing = layout.frames[min(set(range(n_slices)) - set(kept))].path
+    reason = dict(layout.dropped).get(str(first_missing), "not decoded")
+    if not kept:
+        raise SeriesReadError(f"{layout.folder}: no slice could be decoded, e.g. {first_missing}: {reason}")
+    lost = n_slices - len(kept)
+    if lost > allowed_bad_slices(n_slices):
+        raise SeriesReadError(f"{layout.folder}: {lost} of {n_slices} slice(s) could not be decoded, more than the "
+                              f"{allowed_bad_slices(n_slices)} allowed (first: {first_missing}: {reason})")
+    warnings.warn(f"{layout.folder}: dropped {lost} undecodable slice(s) of {n_slices} (first {first_missing}: "
+                  f"{reason})", SeriesReadWarning, stacklevel=2)
+    return replace(layout, frames=[layout.frames[z] for z in kept])
 
 
 def slice_index_of(index: Mapping[tuple[str, int], int], sop_uid: str, frame: int | None, where: str) -> int:

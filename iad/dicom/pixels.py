@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 import warnings
@@ -12,7 +11,7 @@ import numpy as np
 import pydicom
 
 from iad.dicom.headers import PixelStorage
-from iad.dicom.layout import SeriesLayout, SeriesReadError, SeriesReadWarning, scan_series
+from iad.dicom.layout import ReadLimits, SeriesLayout, SeriesReadWarning, keep_decoded, scan_series
 
 
 @dataclass(eq=False)
@@ -40,9 +39,11 @@ def iter_stored_slices(layout: SeriesLayout) -> Iterator[tuple[int, np.ndarray, 
 
     Arrays keep their stored dtype (no rescale) and match pydicom's `pixel_array`. Files come in
     file-name order, not z order. A file that fails to decode is skipped with a warning and appended
-    to `layout.dropped`; its slices are simply not yielded.
+    to `layout.dropped`; its slices are simply not yielded (`keep_decoded` then decides). The layout's
+    time budget is checked before each file.
     """
     for path, slices in _slices_by_file(layout).items():
+        layout.limits.check_time(layout.folder)
         try:
             stored = _read_file_frames(path, layout.storage.get(path))
             _check_shape(stored, layout, max(frame for _, frame in slices))
@@ -56,9 +57,13 @@ def iter_stored_slices(layout: SeriesLayout) -> Iterator[tuple[int, np.ndarray, 
             yield z, stored[frame], ref.slope, ref.intercept
 
 
-def load_series(folder: str | Path) -> Series:
-    """Scan `folder` and load its kept slices as float32 in modality units (slope/intercept applied)."""
-    layout = scan_series(folder)
+def load_series(folder: str | Path, limits: ReadLimits | None = None) -> Series:
+    """Scan `folder` and load its kept slices as float32 in modality units (slope/intercept applied).
+
+    A few undecodable slices are dropped (see `keep_decoded`); MONOCHROME1 is not inverted here (the
+    values keep their modality meaning; normalisation inverts the display).
+    """
+    layout = scan_series(folder, limits)
     pixels = np.empty((len(layout.frames), layout.rows, layout.cols), dtype=np.float32)
     decoded = np.zeros(len(layout.frames), dtype=bool)
     for z, stored, slope, intercept in iter_stored_slices(layout):
@@ -70,11 +75,8 @@ def load_series(folder: str | Path) -> Series:
             out += np.float32(intercept)
         decoded[z] = True
     if not decoded.all():
-        if not decoded.any():
-            raise SeriesReadError(f"{layout.folder}: no slice could be decoded, e.g. {': '.join(layout.dropped[-1])}")
-        kept = np.flatnonzero(decoded)
-        pixels = pixels[kept]
-        layout = dataclasses.replace(layout, frames=[layout.frames[z] for z in kept])
+        layout = keep_decoded(layout, np.flatnonzero(decoded))
+        pixels = pixels[decoded]
     return Series(
         pixels=pixels,
         sop_uids=[ref.sop_uid for ref in layout.frames],

@@ -18,6 +18,7 @@ from iad.contract import CV_FILE, ERROR_FILE, FOLD_PREFIX, OOF_FILE, RESULT_FILE
 from iad.evaluation.oof import read_oof, score_oof
 from iad.labels import LABEL_COLS
 from iad.metrics import format_auc
+from iad.utils.config import TAG_SEP
 from iad.utils.io import write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,9 @@ class MergeFoldsCallback(Callback):
             raise SystemExit(1)
 
     def _configurations_run(self, sweeps_root: Path, name: str) -> list[Path]:
-        """Sweep folders of this experiment name (`name`, `name,<overrides>`) that a job of this multirun wrote to."""
+        """Sweep folders of this experiment name (`name`, `name@<overrides>`) that a job of this multirun wrote to."""
         started = getattr(self, "started", 0.0) - 1.0
-        candidates = [p for p in sorted(sweeps_root.glob(f"{name}*")) if p.name == name or p.name.startswith(f"{name},")]
+        candidates = [p for p in sorted(sweeps_root.glob(f"{name}*")) if p.name == name or p.name.startswith(f"{name}{TAG_SEP}")]
         return [p for p in candidates
                 if any(config.stat().st_mtime >= started for config in p.glob(f"{FOLD_PREFIX}*/.hydra/config.yaml"))]
 

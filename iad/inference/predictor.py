@@ -12,20 +12,16 @@ import torch
 
 from iad.contract import BUNDLE_FILE
 from iad.data.crops import FULL_BOX, center_crop, head_box
-from iad.dicom import scan_series
+from iad.dicom import ReadLimits, SeriesTimeout, scan_series
 from iad.inference.loading import LoadedModel, checkpoints_in, load_model
 from iad.labels import FLIP_PERM, LABEL_COLS
 from iad.models.aggregation import aggregate_series
-from iad.preprocessing.cache import read_stored
-from iad.preprocessing.normalize import PreprocessConfig, mean_over_slices, normalise_slices
+from iad.preprocessing.cache import normalised_volume, read_stored
+from iad.preprocessing.normalize import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
 TIMING_STAGES = ("read", "preprocess", "model", "aggregate")
-
-
-class SeriesTimeout(TimeoutError):
-    """The per-series time budget ran out."""
 
 
 @dataclass
@@ -65,7 +61,7 @@ class Predictor:
     """Loads models once; `predict(series_dir)` reads, normalises, crops, batches, aggregates, blends."""
 
     def __init__(self, members: list[LoadedMember], batch_size: int = 64, device: str = "cpu",
-                 time_budget_s: float | None = None):
+                 time_budget_s: float | None = None, max_series_mb: float | None = None):
         total = sum(m.weight for m in members)
         if not members or total <= 0:
             raise ValueError("a predictor needs at least one member with positive weight")
@@ -73,12 +69,14 @@ class Predictor:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.time_budget_s = time_budget_s
+        self.max_series_bytes = ReadLimits().max_series_bytes if max_series_mb is None else int(max_series_mb * 2**20)
         self.prevalence = np.mean([model.input_spec.label_prevalence for m in self.members for model in m.models], axis=0)
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 64, hflip: bool | None = None,
-             center_crop: float | None = None, time_budget_s: float | None = None) -> Predictor:
+             center_crop: float | None = None, time_budget_s: float | None = None,
+             max_series_mb: float | None = None) -> Predictor:
         """From an ensemble spec (.json), a bundle folder, a sweep folder, a run folder or a checkpoint.
 
         `hflip` / `center_crop` override every member's test-time settings when given.
@@ -93,7 +91,8 @@ class Predictor:
         for member in members:
             member.hflip = member.hflip if hflip is None else hflip
             member.center_crop = member.center_crop if center_crop is None else center_crop
-        return cls(members, batch_size=batch_size, device=device, time_budget_s=time_budget_s)
+        return cls(members, batch_size=batch_size, device=device, time_budget_s=time_budget_s,
+                   max_series_mb=max_series_mb)
 
     # ---- prediction --------------------------------------------------------------------------
     def predict(self, series_dir: str | Path) -> dict[str, float]:
@@ -111,19 +110,18 @@ class Predictor:
             return Prediction(dict(zip(LABEL_COLS, self.prevalence.tolist())), fallback_reason=reason)
 
     def predict_with_timings(self, series_dir: str | Path) -> Prediction:
-        """Probabilities and per-stage timings of one series folder."""
+        """Probabilities and per-stage timings of one series folder (the time budget covers reading)."""
         timings = Timings()
         deadline = None if self.time_budget_s is None else time.perf_counter() + self.time_budget_s
         start = time.perf_counter()
-        layout = scan_series(series_dir)
-        stored, rescale = read_stored(layout)
+        stored = read_stored(scan_series(series_dir, ReadLimits(self.max_series_bytes, deadline)))
         timings.read = time.perf_counter() - start
         volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         def volume_for(config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
             if config.key not in volumes:
                 begin = time.perf_counter()
-                volumes[config.key] = _normalised_volume(layout.modality, stored, rescale, config)
+                volumes[config.key] = normalised_volume(stored, config)
                 timings.preprocess += time.perf_counter() - begin
             return volumes[config.key]
 
@@ -187,14 +185,6 @@ class Predictor:
             flipped = model.slice_probabilities(images.flip(-1))[:, list(FLIP_PERM)]
             probs = (probs + flipped) / 2
         return probs.cpu()
-
-
-def _normalised_volume(modality: str, stored: list, rescale: list, config: PreprocessConfig):
-    size = config.image_size
-    height, width = stored[0].shape
-    out = np.empty((len(stored), size or height, size or width), dtype=np.uint8)
-    normalise_slices(modality, list(stored), rescale, config, out)
-    return out, mean_over_slices(out)
 
 
 def _check_deadline(deadline: float | None) -> None:

@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> None:
     from iad.preprocessing import prepare_dataset
 
     source = instantiate(cfg.dataset)
-    cache, report = prepare_dataset(source, cfg.paths.cache_dir, instantiate(cfg.preprocess), workers=cfg.workers)
+    cache, report = prepare_dataset(source, cfg.paths.cache_dir, instantiate(cfg.preprocess), workers=cfg.workers,
+                                    max_series_mb=cfg.get("max_series_mb"))
     print(f"cache {cache.dir}: {report}")
     for uid, reason in report.failed.items():
         print(f"  failed {uid}: {reason}")

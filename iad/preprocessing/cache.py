@@ -3,35 +3,43 @@
 Layout: `<root>/<config key>/<SeriesInstanceUID>/{volume.npy, mean.npy, meta.json}` plus
 `<root>/<config key>/config.json`. Each series is written into a temporary sibling folder and
 renamed into place, so a killed run never leaves a half-written entry and a rerun skips finished
-series. Series that cannot be read are reported (and retried on the next run), never fatal.
+series; temporary folders of dead processes are removed by the next build. An entry is checked
+against its meta.json (shape and file sizes) whenever it is opened: a damaged one is rebuilt by the
+next build and named in the error otherwise. Series that cannot be read are reported (and retried
+on the next run), never fatal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 import json
 import logging
 import os
 from pathlib import Path
 import shutil
+import threading
+import time
 
 import cv2
 import numpy as np
-from numpy.lib.format import write_array_header_1_0
+from numpy.lib.format import read_array_header_1_0, read_array_header_2_0, read_magic, write_array_header_1_0
 
-from iad.dicom import SeriesLayout, SeriesReadError, iter_stored_slices, scan_series
+from iad.dicom import ReadLimits, SeriesLayout, SeriesReadError, iter_stored_slices, keep_decoded, scan_series
 from iad.dicom.layout import project_position, slice_index_of, slice_normal
 from iad.labels import SeriesGeometry
 from iad.preprocessing.normalize import (
+    NoContrastError,
     PreprocessConfig,
+    display_slice,
     effective_rescale,
     mean_from_sum,
+    mean_over_slices,
     normalise_slices,
-    resize_slice,
+    require_contrast,
     volume_window,
-    window_slice,
 )
 from iad.utils.io import write_json_atomic
 
@@ -42,6 +50,11 @@ MEAN_FILE = "mean.npy"
 META_FILE = "meta.json"
 CONFIG_FILE = "config.json"
 TMP_PREFIX = ".tmp-"
+FAILED_FILE = "failed.json"
+
+
+class CacheEntryError(RuntimeError):
+    """A cache entry whose files do not match its meta.json (e.g. a truncated volume.npy)."""
 
 
 @dataclass
@@ -104,6 +117,7 @@ class VolumeWriter:
         write_array_header_1_0(self.file, {"descr": "|u1", "fortran_order": False, "shape": shape})
         self.offset = self.file.tell()
         self.total = np.zeros(shape[1:], dtype=np.int32)
+        self.low, self.high = 255, 0  # darkest and brightest voxel written
 
     def __setitem__(self, z: int, image: np.ndarray) -> None:
         image = np.ascontiguousarray(image, dtype=np.uint8)
@@ -111,6 +125,8 @@ class VolumeWriter:
             raise ValueError(f"slice {z} has shape {image.shape}, expected {self.shape[1:]}")
         os.pwrite(self.file.fileno(), image.data, self.offset + z * self.slice_bytes)
         cv2.add(self.total, image, dst=self.total, dtype=cv2.CV_32S)
+        low, high = cv2.minMaxLoc(image)[:2]
+        self.low, self.high = min(self.low, int(low)), max(self.high, int(high))
 
     def mean_image(self) -> np.ndarray:
         return mean_from_sum(self.total, self.shape[0])
@@ -120,41 +136,99 @@ class VolumeWriter:
         self.file.close()
 
 
-def read_stored(layout: SeriesLayout) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
-    """Every slice's stored pixels and (slope, intercept), in slice order."""
+@dataclass
+class StoredSeries:
+    """The decodable slices of a series as stored (no rescale), in slice order, with the layout they keep."""
+
+    layout: SeriesLayout
+    slices: list[np.ndarray]
+    rescale: list[tuple[float, float]]
+
+    @property
+    def invert(self) -> list[bool]:
+        return [ref.invert for ref in self.layout.frames]
+
+
+def read_stored(layout: SeriesLayout) -> StoredSeries:
+    """Decode every slice; a few undecodable ones are dropped (`keep_decoded`), more fail the series."""
     slices: list[np.ndarray | None] = [None] * len(layout.frames)
     rescale: list[tuple[float, float]] = [(1.0, 0.0)] * len(layout.frames)
     for z, stored, slope, intercept in iter_stored_slices(layout):
         slices[z], rescale[z] = stored, (slope, intercept)
-    _require_every_slice(layout, [z for z, s in enumerate(slices) if s is not None])
-    return slices, rescale
+    decoded = [z for z, s in enumerate(slices) if s is not None]
+    return StoredSeries(keep_decoded(layout, decoded), [slices[z] for z in decoded], [rescale[z] for z in decoded])
 
 
-def _require_every_slice(layout: SeriesLayout, decoded: list[int]) -> None:
-    """Raise when a slice was not decoded: a gap must fail the series, not become a blank slice."""
-    missing = sorted(set(range(len(layout.frames))) - set(decoded))
-    if missing:
-        first = layout.frames[missing[0]].path
-        raise SeriesReadError(f"{layout.folder}: {len(missing)} slice(s) could not be decoded (first: {first})")
+def normalised_volume(stored: StoredSeries, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The Z×H×W uint8 input and its mean image, as a cache entry would hold them; a flat input raises."""
+    size, layout = config.image_size, stored.layout
+    out = np.empty((len(stored.slices), size or layout.rows, size or layout.cols), dtype=np.uint8)
+    with _naming(layout.folder):
+        normalise_slices(layout.modality, list(stored.slices), stored.rescale, config, out, stored.invert)
+    require_contrast(int(out.min()), int(out.max()), layout.folder)
+    return out, mean_over_slices(out)
 
 
-def _write_ct_streaming(layout: SeriesLayout, out: VolumeWriter, config: PreprocessConfig) -> dict:
+@contextmanager
+def _naming(folder: Path) -> Iterator[None]:
+    """Prefix the series folder to a NoContrastError raised without it."""
+    try:
+        yield
+    except NoContrastError as err:
+        raise NoContrastError(f"{folder}: {err}") from None
+
+
+def _cache_shape(layout: SeriesLayout, config: PreprocessConfig) -> tuple[int, int, int]:
+    size = config.image_size
+    return (len(layout.frames), size, size) if size else (len(layout.frames), layout.rows, layout.cols)
+
+
+def _write_ct_streaming(layout: SeriesLayout, out: VolumeWriter, config: PreprocessConfig) -> tuple[dict, list[int]]:
     """CT needs no volume statistics: window each slice as it is decoded (never holds the volume)."""
     low, high, intensity = volume_window("CT", [], [], config)
     written = []
     for z, stored, slope, intercept in iter_stored_slices(layout):
         slope, intercept = effective_rescale("CT", slope, intercept, config)
-        out[z] = resize_slice(window_slice(stored, slope, intercept, low, high), config.image_size)
+        out[z] = display_slice(stored, slope, intercept, low, high, layout.frames[z].invert, config.image_size)
         written.append(z)
-    _require_every_slice(layout, written)
-    return intensity
+    return intensity, written
 
 
-def write_normalised(layout: SeriesLayout, out, config: PreprocessConfig) -> dict:
-    """Normalise a series into `out[z]` (a VolumeWriter or a Z×H×W uint8 array); returns the intensity record."""
+def _compact(path: Path, shape: tuple[int, int, int], kept: list[int]) -> VolumeWriter:
+    """Rewrite a streamed volume without the slices that could not be decoded."""
+    old = np.load(path, mmap_mode="r")
+    part = path.with_name(f"{path.name}.part")
+    new = VolumeWriter(part, (len(kept), *shape[1:]))
+    try:
+        for z, old_z in enumerate(kept):
+            new[z] = old[old_z]
+    finally:
+        new.close()
+        del old
+    os.replace(part, path)
+    return new
+
+
+def write_normalised(layout: SeriesLayout, path: Path, config: PreprocessConfig) -> tuple[SeriesLayout, VolumeWriter, dict]:
+    """Normalise a series into the .npy `path`; returns the slices kept, the closed writer and the intensity record."""
     if layout.modality == "CT":
-        return _write_ct_streaming(layout, out, config)
-    return normalise_slices(layout.modality, *read_stored(layout), config, out)
+        writer = VolumeWriter(path, _cache_shape(layout, config))
+        try:
+            intensity, written = _write_ct_streaming(layout, writer, config)
+        finally:
+            writer.close()
+        kept = keep_decoded(layout, written)
+        if kept is not layout:
+            writer = _compact(path, writer.shape, sorted(written))
+        return kept, writer, intensity
+    stored = read_stored(layout)
+    writer = VolumeWriter(path, _cache_shape(stored.layout, config))
+    try:
+        with _naming(layout.folder):
+            intensity = normalise_slices(layout.modality, stored.slices, stored.rescale, config, writer, stored.invert)
+    finally:
+        writer.close()
+    return stored.layout, writer, intensity
 
 
 def _projected_positions(layout: SeriesLayout) -> list[float | None]:
@@ -162,21 +236,20 @@ def _projected_positions(layout: SeriesLayout) -> list[float | None]:
     return [project_position(p, normal) for p in layout.positions]
 
 
-def cache_series(folder: str | Path, series_dir: Path, config: PreprocessConfig) -> SeriesMeta:
-    """Read one DICOM series folder and write its cache entry atomically into `series_dir`."""
-    layout = scan_series(folder)
-    n_slices, rows, cols = len(layout.frames), layout.rows, layout.cols
-    size = config.image_size
-    shape = (n_slices, size, size) if size else (n_slices, rows, cols)
+def cache_series(folder: str | Path, series_dir: Path, config: PreprocessConfig,
+                 limits: ReadLimits | None = None) -> SeriesMeta:
+    """Read one DICOM series folder and write its cache entry atomically into `series_dir`.
+
+    Raises SeriesReadError (unreadable) or NoContrastError (a flat, unscorable input).
+    """
+    layout = scan_series(folder, limits)
     tmp_dir = series_dir.parent / f"{TMP_PREFIX}{series_dir.name}-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     try:
-        volume = VolumeWriter(tmp_dir / VOLUME_FILE, shape)
-        try:
-            intensity = write_normalised(layout, volume, config)
-        finally:
-            volume.close()
+        layout, volume, intensity = write_normalised(layout, tmp_dir / VOLUME_FILE, config)
+        require_contrast(volume.low, volume.high, folder)
+        shape, (n_slices, rows, cols) = volume.shape, (len(layout.frames), layout.rows, layout.cols)
         np.save(tmp_dir / MEAN_FILE, volume.mean_image())
         row_spacing, col_spacing = layout.pixel_spacing
         meta = SeriesMeta(
@@ -203,12 +276,12 @@ def cache_series(folder: str | Path, series_dir: Path, config: PreprocessConfig)
     return meta
 
 
-def _cache_one(args: tuple[str, str, PreprocessConfig]) -> tuple[str, str | None]:
-    folder, series_dir, config = args
+def _cache_one(args: tuple[str, str, PreprocessConfig, ReadLimits | None]) -> tuple[str, str | None]:
+    folder, series_dir, config, limits = args
     try:
-        cache_series(folder, Path(series_dir), config)
+        cache_series(folder, Path(series_dir), config, limits)
         return Path(series_dir).name, None
-    except SeriesReadError as err:
+    except (SeriesReadError, NoContrastError) as err:
         return Path(series_dir).name, str(err)
     except Exception as err:  # noqa: BLE001 - one bad series must not stop the others
         return Path(series_dir).name, f"{folder}: {type(err).__name__}: {err}"
@@ -221,9 +294,62 @@ class BuildReport:
     cached: int = 0
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    rebuilt: list[str] = field(default_factory=list)  # damaged entries found and rebuilt
 
     def __str__(self) -> str:
-        return f"cached {self.cached}, already cached {self.skipped}, failed {len(self.failed)}"
+        text = f"cached {self.cached}, already cached {self.skipped}, failed {len(self.failed)}"
+        return f"{text}, rebuilt {len(self.rebuilt)} damaged" if self.rebuilt else text
+
+
+def _npy_problem(path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why the uint8 .npy at `path` is not an array of `shape` (None when it is), from its header and size."""
+    try:
+        with open(path, "rb") as fh:
+            version = read_magic(fh)
+            read_header = read_array_header_1_0 if version == (1, 0) else read_array_header_2_0
+            found, _, dtype = read_header(fh)
+            offset = fh.tell()
+            size = os.fstat(fh.fileno()).st_size
+    except (OSError, ValueError) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    if tuple(found) != tuple(shape) or dtype != np.uint8:
+        return f"holds {dtype} {tuple(found)}, meta.json says uint8 {tuple(shape)}"
+    expected = offset + int(np.prod(shape))
+    if size != expected:
+        return f"{size} bytes, {expected} expected (truncated or overwritten)"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove `.tmp-<uid>-<pid>` folders whose writer process is gone (a killed build)."""
+    for tmp in folder.glob(f"{TMP_PREFIX}*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            log.info("removing %s, left by a killed build", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """Pool-worker initializer: exit when the process that started the pool dies. A SIGKILLed parent
+    otherwise leaves its workers blocked on the task queue forever (they hold its pipe open)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 class SeriesCache:
@@ -237,32 +363,62 @@ class SeriesCache:
     def series_dir(self, series_uid: str) -> Path:
         return self.dir / series_uid
 
+    def problem(self, series_uid: str) -> str | None:
+        """Why an entry cannot be used ("not cached", a damaged file), or None when it is complete and consistent."""
+        folder = self.series_dir(series_uid)
+        if not (folder / META_FILE).exists():
+            return "not cached"
+        try:
+            meta = self.meta(series_uid)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            return f"{META_FILE} unreadable ({type(err).__name__}: {err})"
+        for name, shape in ((VOLUME_FILE, meta.shape), (MEAN_FILE, meta.shape[1:])):
+            problem = _npy_problem(folder / name, shape)
+            if problem:
+                return f"{name} {problem}"
+        return None
+
     def has(self, series_uid: str) -> bool:
-        return (self.series_dir(series_uid) / META_FILE).exists()
+        """True when the entry exists and its files match its meta.json."""
+        return self.problem(series_uid) is None
+
+    def _checked(self, series_uid: str) -> Path:
+        problem = self.problem(series_uid)
+        if problem:
+            raise CacheEntryError(f"cache entry {self.series_dir(series_uid)} (series {series_uid}): {problem}; "
+                                  "rerun the preparation to rebuild it")
+        return self.series_dir(series_uid)
 
     def volume(self, series_uid: str, mmap: bool = True) -> np.ndarray:
-        """Z×H×W uint8 volume (memory-mapped by default)."""
-        return np.load(self.series_dir(series_uid) / VOLUME_FILE, mmap_mode="r" if mmap else None)
+        """Z×H×W uint8 volume (memory-mapped by default), after checking the entry against its meta.json."""
+        return np.load(self._checked(series_uid) / VOLUME_FILE, mmap_mode="r" if mmap else None)
 
     def mean_image(self, series_uid: str) -> np.ndarray:
         """Mean over slices (the brain detector's input), H×W uint8."""
-        return np.load(self.series_dir(series_uid) / MEAN_FILE)
+        return np.load(self._checked(series_uid) / MEAN_FILE)
 
     def meta(self, series_uid: str) -> SeriesMeta:
         with open(self.series_dir(series_uid) / META_FILE) as fh:
             return SeriesMeta.from_json(json.load(fh))
 
-    def build(self, series_folders: Mapping[str, str | Path], workers: int = 0, progress: bool = True) -> BuildReport:
-        """Cache every series not cached yet; `series_folders` maps SeriesInstanceUID → DICOM folder."""
+    def build(self, series_folders: Mapping[str, str | Path], workers: int = 0, progress: bool = True,
+              limits: ReadLimits | None = None) -> BuildReport:
+        """Cache every series not cached yet (or damaged); `series_folders` maps SeriesInstanceUID → DICOM folder."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.dir)
         write_json_atomic(self.config.to_dict(), self.dir / CONFIG_FILE)
         report = BuildReport()
         todo = []
         for uid, folder in series_folders.items():
-            if self.has(uid):
+            problem = self.problem(uid)
+            if problem is None:
                 report.skipped += 1
-            else:
-                todo.append((str(folder), str(self.series_dir(uid)), self.config))
+                continue
+            if problem != "not cached":
+                log.warning("cache entry %s is damaged (%s); rebuilding it", self.series_dir(uid), problem)
+                report.rebuilt.append(uid)
+                shutil.rmtree(self.series_dir(uid))
+            todo.append((str(folder), str(self.series_dir(uid)), self.config, limits))
         results = self._run(todo, workers, progress)
         for uid, error in results:
             if error is None:
@@ -270,7 +426,7 @@ class SeriesCache:
             else:
                 report.failed[uid] = error
                 log.warning("could not cache series %s: %s", uid, error)
-        write_json_atomic(report.failed, self.dir / "failed.json")
+        write_json_atomic(report.failed, self.dir / FAILED_FILE)
         return report
 
     @staticmethod
@@ -283,7 +439,7 @@ class SeriesCache:
                 yield _cache_one(item)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
                 for future in as_completed([pool.submit(_cache_one, item) for item in todo]):
                     yield future.result()
                     bar.update()

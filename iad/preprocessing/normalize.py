@@ -18,6 +18,10 @@ import numpy as np
 CACHE_FORMAT_VERSION = 1
 
 
+class NoContrastError(ValueError):
+    """A series whose normalised input is one flat value: nothing to score (blank, slope 0, NaN pixels)."""
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Settings that define a cached volume; any change gives a new cache key.
@@ -79,6 +83,7 @@ def window_slice(stored: np.ndarray, slope: float, intercept: float, low: float,
         clipped = cv2.max(stored, float(floor))
         return cv2.convertScaleAbs(clipped, alpha=slope * scale, beta=(intercept - low) * scale)
     values = stored.astype(np.float32) * slope + intercept
+    np.nan_to_num(values, copy=False, nan=low, posinf=high, neginf=low)  # float pixels: NaN/inf are repaired
     return np.clip(np.rint((values - low) * scale), 0, 255).astype(np.uint8)
 
 
@@ -107,6 +112,9 @@ def percentile_bounds(slices: list[np.ndarray], rescale: list[tuple[float, float
         low, high = (values[order[r]] * slope + intercept for r in ranks)
     else:
         sample = np.concatenate([(s[::step, ::step].astype(np.float32) * a + b).ravel() for s, (a, b) in zip(slices, rescale)])
+        sample = sample[np.isfinite(sample)]
+        if not sample.size:
+            raise NoContrastError("no finite pixel value (NaN or inf everywhere)")
         low, high = np.percentile(sample, percentiles)
     return float(low), float(max(high, low + 1e-6))
 
@@ -136,18 +144,35 @@ def effective_rescale(modality: str, slope: float, intercept: float, config: Pre
     return slope, intercept
 
 
+def display_slice(stored: np.ndarray, slope: float, intercept: float, low: float, high: float, invert: bool,
+                  size: int | None) -> np.ndarray:
+    """The windowed, resized uint8 image; MONOCHROME1 (`invert`) is inverted after the window, as a viewer shows it."""
+    image = window_slice(stored, slope, intercept, low, high)
+    if invert:
+        cv2.bitwise_not(image, dst=image)
+    return resize_slice(image, size)
+
+
 def normalise_slices(modality: str, slices: list[np.ndarray], rescale: list[tuple[float, float]],
-                     config: PreprocessConfig, out) -> dict:
+                     config: PreprocessConfig, out, invert: list[bool] | None = None) -> dict:
     """Window every stored slice of a series into `out[z]` (uint8, resized); returns the intensity record.
 
-    `slices[z]` are released as they are written, so the stored volume is not held twice.
+    `slices[z]` are released as they are written, so the stored volume is not held twice. `invert[z]`
+    marks MONOCHROME1 slices.
     """
     rescale = [effective_rescale(modality, a, b, config) for a, b in rescale]
     low, high, intensity = volume_window(modality, slices, rescale, config)
     for z in range(len(slices)):
-        out[z] = resize_slice(window_slice(slices[z], *rescale[z], low, high), config.image_size)
+        out[z] = display_slice(slices[z], *rescale[z], low, high, bool(invert and invert[z]), config.image_size)
         slices[z] = None
     return intensity
+
+
+def require_contrast(low: int, high: int, where: object) -> None:
+    """Raise NoContrastError when a normalised volume's darkest and brightest voxels are equal."""
+    if low == high:
+        raise NoContrastError(f"{where}: the normalised input has no contrast (every voxel is {low}); a blank or "
+                              "constant series (e.g. RescaleSlope 0, non-finite pixels) is not scored")
 
 
 def mean_over_slices(volume: np.ndarray) -> np.ndarray:

@@ -104,13 +104,8 @@ def _fit(cfg: DictConfig, run_dir: Path, pl, config_hash: str) -> dict:
     callbacks = _build_callbacks(cfg, run_dir, has_validation, oof_writer)
     trainer = instantiate(_validated_trainer(cfg.trainer, has_validation), callbacks=callbacks,
                           logger=loggers or False, default_root_dir=str(run_dir))
-    last = last_checkpoint(run_dir)
-    resume = last if last.exists() and not trainer.fast_dev_run else None
-    resumed_from = None
+    resume, resumed_from = (None, None) if trainer.fast_dev_run else _resume_point(run_dir)
     if resume:
-        import torch
-
-        resumed_from = int(torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["epoch"])
         log.info("resuming %s from %s (epoch %d)", run_dir, resume, resumed_from)
         print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
@@ -185,6 +180,26 @@ def _git_commit() -> str | None:
         return f"{commit}+dirty" if commit and git("status", "--porcelain", "--untracked-files=no") else commit or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _resume_point(run_dir: Path) -> tuple[Path | None, int | None]:
+    """The checkpoint to resume from (last.ckpt, else best.ckpt) and its epoch, or (None, None) to start clean.
+
+    A checkpoint that does not load (e.g. truncated by a kill) is renamed `<name>.damaged` with a warning.
+    """
+    import torch
+
+    for path in (last_checkpoint(run_dir), best_checkpoint(run_dir)):
+        if not path.exists():
+            continue
+        try:
+            return path, int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+        except Exception as err:  # noqa: BLE001 - any damage means: do not resume from this file
+            damaged = path.with_name(f"{path.name}.damaged")
+            path.replace(damaged)
+            log.warning("%s cannot be loaded (%s: %s); moved to %s", path, type(err).__name__, err, damaged.name)
+            print(f"warning: {path} is damaged ({type(err).__name__}); moved to {damaged.name}")
+    return None, None
 
 
 def _validated_trainer(trainer_cfg: DictConfig, has_validation: bool) -> DictConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+import re
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -18,6 +19,8 @@ NOT_IDENTITY = ("experiment", "name", "data.fold", "overwrite", "logger", "tags"
                 "hydra", "hydra/launcher", "callbacks.rich_progress_bar", "data.num_workers", "data.prepare_workers",
                 "data.pin_memory", "data.eval_batch_size", "trainer.enable_progress_bar", "preflight_only")
 MAX_TAG_CHARS = 80
+# <name>@<key>:<value>+<key>:<value>: characters a Hydra override takes unquoted (model_path=<that folder>)
+TAG_SEP, ITEM_SEP, KEY_VALUE_SEP = "@", "+", ":"
 
 
 def is_identity_key(key: str) -> bool:
@@ -26,25 +29,33 @@ def is_identity_key(key: str) -> bool:
 
 
 def run_tag(overrides) -> str:
-    """The result-changing command-line overrides as a folder-safe, order-free tag ("" when none).
+    """The result-changing command-line overrides as an order-free tag (`key:value+key:value`, "" when none).
 
     Sweep lists (`lr=1e-3,2e-3`, as the launcher sees them before expanding) are left out: each job
-    gets its own value. Long tags keep their start and a hash of the whole.
+    gets its own value. Characters a path or a Hydra override cannot take unquoted become `_`; long
+    tags keep their start and a hash of the whole.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
 
     parsed = OverridesParser.create().parse_overrides([str(o) for o in (overrides or [])])
-    items = sorted(o.input_line.lstrip("+~") for o in parsed if not o.is_sweep_override() and is_identity_key(o.key_or_group))
-    tag = ",".join(items).replace("/", "_")
+    last = {o.key_or_group: o for o in parsed}  # a key given twice: the last value wins, as in Hydra
+    items = []
+    for override in last.values():
+        if override.is_sweep_override() or not is_identity_key(override.key_or_group):
+            continue
+        value = "deleted" if override.type == OverrideType.DEL else override.input_line.partition("=")[2]
+        items.append(f"{override.key_or_group}{KEY_VALUE_SEP}{value}")  # sanitised below
+    tag = ITEM_SEP.join(sorted(re.sub(r"[^A-Za-z0-9_.:\-]", "_", item) for item in items))
     if len(tag) > MAX_TAG_CHARS:
         tag = f"{tag[:MAX_TAG_CHARS - 9]}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
     return tag
 
 
 def run_name(name: str, overrides) -> str:
-    """A configuration's folder name: the experiment name, then `,<tag>` of its result-changing overrides."""
+    """A configuration's folder name: the experiment name, then `@<tag>` of its result-changing overrides."""
     tag = run_tag(overrides)
-    return f"{name},{tag}" if tag else str(name)
+    return f"{name}{TAG_SEP}{tag}" if tag else str(name)
 
 
 def run_group(output_dir: str) -> str:
