@@ -13,6 +13,7 @@ export IAD_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export WANDB_MODE ?= offline
+export IAD_CACHE_ROOT ?= $(CURDIR)/.cache
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help venv demo test test-slow bench clean

@@ -59,11 +59,12 @@ def train(cfg: DictConfig) -> dict:
     last.ckpt resumes from it. Failures leave error.txt in the run folder and re-raise.
     """
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities import rank_zero_only
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / RESULT_FILE
-    if cfg.get("overwrite"):
+    if cfg.get("overwrite") and rank_zero_only.rank == 0:  # DDP ranks > 0 start after rank 0 cleared the folder
         _clear_run(run_dir)
     elif result_path.exists():
         result = json.loads(result_path.read_text())
@@ -102,7 +103,8 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
 
         resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["epoch"])
         log.info("resuming %s from %s (epoch %d)", run_dir, resume, resumed_from)
-        print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
+        if trainer.is_global_zero:
+            print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     result = {
         "run_dir": str(run_dir),
@@ -114,6 +116,8 @@ def _fit(cfg: DictConfig, run_dir: Path, pl) -> dict:
         "resumed_from_epoch": resumed_from,
         "best_checkpoint": str(run_dir / CHECKPOINT_DIR / BEST_CKPT),
     }
+    if not trainer.is_global_zero:  # under DDP, rank 0 writes and reports the result
+        return result
     if trainer.fast_dev_run:
         log.info("fast_dev_run: no result.json written")
         return result
