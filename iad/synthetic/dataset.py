@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 import json
 import multiprocessing
@@ -27,6 +28,7 @@ TRAIN_CSV = "train.csv"
 LOCALIZERS_CSV = "train_localizers.csv"
 FOLDS_CSV = "train_kfold.csv"
 SETTINGS_JSON = "synthetic.json"
+LOCK_FILE = ".generating.lock"
 AGE_COL = "PatientAge"
 SEX_COL = "PatientSex"
 TRAIN_COLUMNS: tuple[str, ...] = (UID_COL, AGE_COL, SEX_COL, MODALITY_COL, *LABEL_COLS)
@@ -195,11 +197,28 @@ def make_dataset(
     series_root.mkdir(parents=True, exist_ok=True)
     options = {"locations": locations, "positive_share": positive_share, "max_slices": max_slices}
     plans = [plan_series(seed, index, size_range, **options) for index in range(n_series)]
-    missing = [plan.index for plan in plans if not (series_root / plan.series_uid).is_dir()]
-    _generate_all(seed, missing, size_range, series_root, workers, options, progress)
-    labels = label_table(plans)
-    write_csv_atomic(labels, root / TRAIN_CSV)
-    write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
-    write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
-    write_json_atomic(dataset_settings(n_series, seed, size_range, **options), root / SETTINGS_JSON)
+    with _exclusive(root / LOCK_FILE):  # parallel sweep jobs: the first generates, the others then find it done
+        missing = [plan.index for plan in plans if not (series_root / plan.series_uid).is_dir()]
+        _generate_all(seed, missing, size_range, series_root, workers, options, progress)
+        labels = label_table(plans)
+        write_csv_atomic(labels, root / TRAIN_CSV)
+        write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
+        write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
+        write_json_atomic(dataset_settings(n_series, seed, size_range, **options), root / SETTINGS_JSON)
     return _summarize(root, plans, len(missing), time.perf_counter() - start)
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` across processes (POSIX; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
