@@ -7,7 +7,6 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 import pandas as pd
-import pytest
 
 from iad.evaluation import read_oof
 from iad.labels import UID_COL
@@ -41,19 +40,22 @@ def test_ddp_trainer_fits_the_device():
     assert (gpu.sync_batchnorm, gpu.precision) == (True, "bf16-mixed")
 
 
-def _fold_outputs(log_dir: Path, data_dir: Path, folds: tuple[int, ...]) -> None:
-    """Each fold ran once, in its own folder, and its OOF file holds each of its validation series once."""
-    results = sorted(log_dir.rglob("result.json"))
-    assert sorted(json.loads(p.read_text())["fold"] for p in results) == list(folds)
-    sweep_dir = results[0].parent.parent
+def _sweep_outputs(log_dir: Path, data_dir: Path, folds: tuple[int, ...], n_sweeps: int = 1) -> None:
+    """Each sweep folder holds each fold once (one result each); every fold's OOF file and the merged one
+    hold each of its validation series once; cv.json lists the folds."""
     table = pd.read_csv(next(data_dir.glob("synthetic/*/train_kfold.csv")))
-    for path in results:
-        fold = json.loads(path.read_text())["fold"]
-        oof = read_oof(path.parent / "oof.csv")
-        assert sorted(oof[UID_COL]) == sorted(table.loc[table["fold"] == fold, UID_COL])
-    merged = read_oof(sweep_dir / "oof.csv")
-    assert sorted(merged[UID_COL]) == sorted(table.loc[table["fold"].isin(folds), UID_COL])
-    assert set(json.loads((sweep_dir / "cv.json").read_text())["folds"]) == {f"fold_{k}" for k in folds}
+    sweeps = [path.parent for path in sorted(log_dir.rglob("cv.json"))]
+    assert len(sweeps) == n_sweeps
+    for sweep_dir in sweeps:
+        results = sorted(sweep_dir.rglob("result.json"))
+        assert sorted(json.loads(p.read_text())["fold"] for p in results) == list(folds)
+        for path in results:
+            fold = json.loads(path.read_text())["fold"]
+            oof = read_oof(path.parent / "oof.csv")
+            assert sorted(oof[UID_COL]) == sorted(table.loc[table["fold"] == fold, UID_COL])
+        merged = read_oof(sweep_dir / "oof.csv")
+        assert sorted(merged[UID_COL]) == sorted(table.loc[table["fold"].isin(folds), UID_COL])
+        assert set(json.loads((sweep_dir / "cv.json").read_text())["folds"]) == {f"fold_{k}" for k in folds}
 
 
 def test_submitit_local_multirun(tmp_path):
@@ -61,7 +63,7 @@ def test_submitit_local_multirun(tmp_path):
             "data.fold=0,1", "name=submitit"]
     out = run_train(args, env=ENV)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    _fold_outputs(tmp_path / "logs", tmp_path / "data", (0, 1))
+    _sweep_outputs(tmp_path / "logs", tmp_path / "data", (0, 1))
     assert list((tmp_path / "logs").rglob(".submitit"))  # the jobs really went through submitit
     assert "all folds (OOF)" in out.stdout
 
@@ -71,17 +73,18 @@ def test_ddp_two_cpu_ranks_under_multirun(tmp_path):
             "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     out = run_train(args, env=ENV)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    _fold_outputs(tmp_path / "logs", tmp_path / "data", (0, 1))
+    _sweep_outputs(tmp_path / "logs", tmp_path / "data", (0, 1))
     lines = out.stdout.splitlines()
     for fold in (0, 1):  # each job ran and reported once (rank 1 did not relaunch the sweep)
         assert sum(line.startswith(f"fold_{fold}: validation weighted AUC") for line in lines) == 1
     assert out.stdout.count("Launching 2 jobs locally") == 1
 
 
-@pytest.mark.parametrize("launcher", ["local_folds"])
-def test_joblib_local_folds(tmp_path, launcher):
-    args = ["-m", f"hydra/launcher={launcher}", *tiny_overrides(tmp_path / "data", tmp_path / "logs"),
-            "data.fold=0,1", "name=joblib"]
+def test_local_folds_over_two_experiments(tmp_path):
+    """Folds × experiments in parallel processes: one sweep folder per experiment, each merged at the end."""
+    args = ["-m", "hydra/launcher=local_folds", *tiny_overrides(tmp_path / "data", tmp_path / "logs"),
+            "data.fold=0", "name=exp_a,exp_b"]
     out = run_train(args, env=ENV)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    _fold_outputs(tmp_path / "logs", tmp_path / "data", (0, 1))
+    _sweep_outputs(tmp_path / "logs", tmp_path / "data", (0,), n_sweeps=2)
+    assert out.stdout.count("all folds (OOF)") == 2

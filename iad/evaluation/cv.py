@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 from pathlib import Path
+import shutil
 
 from hydra.experimental.callback import Callback
 import pandas as pd
@@ -25,6 +27,8 @@ CV_FILE = "cv.json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
 FOLD_GLOB = "fold_*"
+SWEEP_REGISTRY = ".sweep_dirs"  # in the multirun's folder: one file per job naming the sweep folder it filled
+SWEEP_REGISTRY_ENV = "IAD_SWEEP_REGISTRY"
 
 
 def fold_runs(sweep_dir: Path) -> list[Path]:
@@ -75,28 +79,42 @@ class MergeFoldsCallback(Callback):
     """Hydra callback: merge a sweep's folds after every fold, and print the CV table at the end.
 
     Merging after each job keeps oof.csv / cv.json current even when a later fold fails (Hydra's
-    sweeper then raises before `on_multirun_end`, so the process exits non-zero).
+    sweeper then raises before `on_multirun_end`, so the process exits non-zero). A multirun over
+    several experiments fills one sweep folder per experiment: each job (in whatever process a
+    launcher runs it) notes its folder in `$IAD_SWEEP_REGISTRY`, and the end merges every one.
     """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        registry = Path(config.hydra.sweep.dir) / SWEEP_REGISTRY
+        shutil.rmtree(registry, ignore_errors=True)
+        registry.mkdir(parents=True)
+        os.environ[SWEEP_REGISTRY_ENV] = str(registry)  # launched jobs inherit it
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
 
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        if os.environ.get(SWEEP_REGISTRY_ENV):
+            (Path(os.environ[SWEEP_REGISTRY_ENV]) / str(config.hydra.job.num)).write_text(str(config.hydra.sweep.dir))
         try:
             merge_sweep(config.hydra.sweep.dir)
         except FileNotFoundError:
             pass  # no fold has an OOF file yet
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            report = merge_sweep(sweep_dir)
-        except FileNotFoundError as err:
-            log.error("sweep merge: %s", err)
-            raise SystemExit(1) from err
-        print(f"\nCV of {sweep_dir}:\n{format_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
-        failed = [name for name, fold in report["folds"].items() if fold.get("failed") and not fold.get("complete")]
+        registry = Path(os.environ.pop(SWEEP_REGISTRY_ENV, Path(config.hydra.sweep.dir) / SWEEP_REGISTRY))
+        noted = sorted({p.read_text() for p in registry.glob("*")}) if registry.is_dir() else []
+        failed = []
+        for sweep_dir in map(Path, noted or [config.hydra.sweep.dir]):
+            try:
+                report = merge_sweep(sweep_dir)
+            except FileNotFoundError as err:
+                log.error("sweep merge: %s", err)
+                raise SystemExit(1) from err
+            print(f"\nCV of {sweep_dir}:\n{format_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
+            failed += [f"{sweep_dir.name}/{name}" for name, fold in report["folds"].items()
+                       if fold.get("failed") and not fold.get("complete")]
         if failed:
             log.error("folds failed: %s (see %s in each)", ", ".join(failed), ERROR_FILE)
             raise SystemExit(1)
