@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 import os
 import sys
+import warnings
 
 import hydra
 from omegaconf import DictConfig
@@ -18,6 +19,8 @@ from iad.utils.config import CONFIG_DIR
 from iad.utils.env import setup_env
 
 setup_env()
+# torch 2.14 deprecates the LeafSpec that Lightning 2.6's loops still build for every batch: nothing to act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 # What Lightning's DDP launcher leaves in the environment of rank 0; the next job of a sweep must not see it.
