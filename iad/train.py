@@ -51,11 +51,16 @@ def ddp_relaunches_this_job():
         yield
     finally:
         sys.argv = argv
-        if env["LOCAL_RANK"] is None:  # this process launched the ranks (not a rank started by SLURM or torchrun)
-            if "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized():
-                sys.modules["torch.distributed"].destroy_process_group()
+        if env["LOCAL_RANK"] is None:  # this process launched the ranks (not a rank started by torchrun)
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
             for name, value in env.items():
-                os.environ.pop(name, None) if value is None else os.environ.update({name: value})
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
