@@ -67,6 +67,12 @@ def test_installed_package_respects_user_settings(installed):
     assert out[3] == str(installed["root"] / "user-hf") and out[4] == "None"  # kept; W&B reads its usual folder
 
 
+@pytest.mark.parametrize(("script", "key"), [("iad-prepare", "workers"), ("iad-ensemble", "ensemble"), ("iad-predict", "tta")])
+def test_other_console_scripts_compose_their_configs(installed, script, key):
+    out = _run([str(installed["site"] / "bin" / script), "--cfg", "job"], cwd=installed["work"], env=installed["env"])
+    assert f"{key}:" in out.stdout
+
+
 def test_installed_train_and_predict_outside_the_repository(installed):
     work, env, site = installed["work"], installed["env"], installed["site"]
     overrides = [o for o in tiny_overrides(work, work) if not o.startswith("paths.")] + ["name=installed"]
