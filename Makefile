@@ -8,11 +8,13 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
-# Offline-safe defaults; caches stay inside the project (.cache/).
+# Offline-safe defaults; caches stay inside the project (.cache/; without IAD_CACHE_ROOT, installed code
+# leaves every library's cache and settings where the user keeps them).
 export IAD_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export WANDB_MODE ?= offline
+export IAD_CACHE_ROOT ?= $(CURDIR)/.cache
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help venv demo test test-slow bench clean

@@ -1,60 +1,7 @@
-"""Predict with trained models: `python predict.py model_path=<bundle|spec|sweep|run> input=<series folder(s)>`.
+"""Predict with trained models: `python predict.py model_path=<bundle|spec|sweep|run> input=<series folder(s)>`
+(same as `python -m iad.predict`); `mode=bundle` exports a bundle, `mode=oof` re-scores a sweep."""
 
-Modes: `mode=submission` (default) writes submission.csv and timings.csv; `mode=bundle` exports a
-self-contained bundle; `mode=oof` re-scores a sweep's held-out series (e.g. `tta.center_crop=0.75`).
-"""
-
-import hydra
-from omegaconf import DictConfig
-
-from iad.utils.config import CONFIG_DIR
-from iad.utils.env import setup_env
-
-setup_env()
-
-
-def submission(cfg: DictConfig) -> None:
-    from iad.inference import Predictor, predict_folder
-    from iad.inference.submission import NoSeriesError, series_folders_in
-
-    if cfg.input is None:
-        raise SystemExit("mode=submission needs input=<series folder or folder of series>")
-    try:
-        series_folders_in(cfg.input)  # fail before loading models: empty or ambiguous input
-    except NoSeriesError as err:
-        raise SystemExit(f"error: {err}") from None
-    predictor = Predictor.load(cfg.model_path, device=cfg.device, batch_size=cfg.batch_size, hflip=cfg.tta.hflip,
-                               center_crop=cfg.tta.center_crop, time_budget_s=cfg.time_budget_s,
-                               max_series_mb=cfg.get("max_series_mb"))
-    frame = predict_folder(predictor, cfg.input, cfg.output_dir)
-    print(f"{len(frame)} series → {cfg.output_dir}/submission.csv")
-
-
-def bundle(cfg: DictConfig) -> None:
-    from iad.inference import Predictor, export_bundle
-
-    predictor = Predictor.load(cfg.model_path, hflip=cfg.tta.hflip, center_crop=cfg.tta.center_crop)
-    print(f"bundle → {export_bundle(predictor, cfg.output_dir)}")
-
-
-def oof(cfg: DictConfig) -> None:
-    from iad.evaluation.cv import format_cv_report
-    from iad.inference.rescore import rescore_sweep
-
-    _, report, path = rescore_sweep(cfg.model_path, hflip=bool(cfg.tta.hflip), center_crop=cfg.tta.center_crop,
-                                    batch_size=cfg.batch_size, device=cfg.device)
-    print(f"{format_cv_report(report)}\n→ {path}")
-
-
-MODES = {"submission": submission, "bundle": bundle, "oof": oof}
-
-
-@hydra.main(config_path=str(CONFIG_DIR), config_name="predict", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    if cfg.mode not in MODES:
-        raise SystemExit(f"mode must be one of {sorted(MODES)}, got {cfg.mode!r}")
-    MODES[cfg.mode](cfg)
-
+from iad.predict import main
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("IAD_OFFLINE", "1")
-from iad.utils.env import PROJECT_ROOT, setup_env  # noqa: E402
+from iad.utils.env import CACHE_ROOT_ENV, PROJECT_ROOT, setup_env  # noqa: E402
 
+os.environ.setdefault(CACHE_ROOT_ENV, str(PROJECT_ROOT / ".cache"))  # as the Makefile: caches stay in the project
 setup_env(offline=True)
 
 SHARED_DIR = Path(os.environ.get("IAD_SHARED_DIR", PROJECT_ROOT.parent / "shared"))

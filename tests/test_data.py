@@ -144,6 +144,19 @@ def test_negative_subsampler_changes_per_epoch_and_keeps_positives():
     assert list(sampler) == first
 
 
+def test_negative_subsampler_changes_per_epoch_under_ddp_wrapping():
+    from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+
+    positive = np.array([True] * 3 + [False] * 20)
+    epoch = {"now": 0}
+    ranks = [DistributedSamplerWrapper(NegativeSubsampler(positive, 0.25, seed=1, epoch_source=lambda: epoch["now"]),
+                                       num_replicas=2, rank=rank, shuffle=False) for rank in (0, 1)]
+    first = [list(sampler) for sampler in ranks]
+    assert not set(first[0]) & set(first[1]) and len(set(first[0]) | set(first[1])) == 8  # one draw, split
+    epoch["now"] = 1
+    assert set(list(ranks[0]) + list(ranks[1])) != set(first[0] + first[1])
+
+
 def test_series_metric_matches_numpy_weighted_auc():
     rng = np.random.default_rng(0)
     n_series, per_series = 40, 5

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import os
 from pathlib import Path
+import re
 import shutil
 import subprocess
 import sys

@@ -334,8 +334,9 @@ def test_other_seed_other_data(plans):
     assert other.geometry != plans[0].geometry or other.modality != plans[0].modality
 
 
-def test_rerun_keeps_complete_series_and_replaces_partial_ones(tmp_path):
+def test_rerun_keeps_complete_series_and_replaces_partial_ones(tmp_path, capsys):
     make_dataset(tmp_path, n_series=2, seed=3, size_range=(64, 64))
+    assert "generating synthetic series: 100%" in capsys.readouterr().err  # the progress bar
     uids = sorted(p.name for p in (tmp_path / SERIES_DIR).iterdir())
     kept, broken = (tmp_path / SERIES_DIR / uid for uid in uids)
     before = {p.name: p.read_bytes() for p in broken.iterdir()}
@@ -347,6 +348,7 @@ def test_rerun_keeps_complete_series_and_replaces_partial_ones(tmp_path):
     summary = make_dataset(tmp_path, n_series=2, seed=3, size_range=(64, 64))
 
     assert summary.n_generated == 1 and not partial.exists()
+    assert "1/1" in capsys.readouterr().err  # the bar counts the series rendered, not the ones kept
     assert {p.name: p.read_bytes() for p in broken.iterdir()} == before
     assert {p.name: p.stat().st_mtime_ns for p in kept.iterdir()} == kept_mtimes
 

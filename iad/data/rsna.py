@@ -203,7 +203,9 @@ class RSNASliceDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset(self.train_items, train=True)
-        sampler = NegativeSubsampler(self.train_items["positive"].to_numpy(), self.negative_fraction, self.seed)
+        trainer = self.trainer  # under DDP the sampler is wrapped and only the wrapper gets set_epoch
+        sampler = NegativeSubsampler(self.train_items["positive"].to_numpy(), self.negative_fraction, self.seed,
+                                     epoch_source=(lambda: trainer.current_epoch) if trainer is not None else None)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)

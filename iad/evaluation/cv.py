@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
-import time
+import shutil
 
 from hydra.experimental.callback import Callback
 import pandas as pd
@@ -18,10 +19,12 @@ from iad.contract import CV_FILE, ERROR_FILE, FOLD_PREFIX, OOF_FILE, RESULT_FILE
 from iad.evaluation.oof import read_oof, score_oof
 from iad.labels import LABEL_COLS
 from iad.metrics import format_auc
-from iad.utils.config import TAG_SEP
 from iad.utils.io import write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+SWEEP_REGISTRY = ".sweep_dirs"  # in the multirun's folder: one file per job naming the sweep folder it filled
+SWEEP_REGISTRY_ENV = "IAD_SWEEP_REGISTRY"
 
 
 def merge_sweep(sweep_dir: str | Path) -> dict:
@@ -82,30 +85,34 @@ class MergeFoldsCallback(Callback):
 
     Merging after each job keeps oof.csv / cv.json current even when a later fold fails (Hydra's
     sweeper then raises before `on_multirun_end`, so the process exits non-zero). A multirun over
-    other parameters than the fold leaves one sweep folder per configuration (conf/hydra/train.yaml):
-    the end table lists every configuration it ran, side by side.
+    other parameters than the fold, or over several experiments, fills one sweep folder per
+    configuration (conf/hydra/train.yaml): each job, in whatever process a launcher runs it, notes its
+    folder in `$IAD_SWEEP_REGISTRY`, and the end merges every one and tables them side by side.
     """
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        self.started = time.time()
+        registry = Path(config.hydra.sweep.dir) / SWEEP_REGISTRY
+        shutil.rmtree(registry, ignore_errors=True)
+        registry.mkdir(parents=True)
+        os.environ[SWEEP_REGISTRY_ENV] = str(registry)  # launched jobs inherit it
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
 
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        if os.environ.get(SWEEP_REGISTRY_ENV):
+            (Path(os.environ[SWEEP_REGISTRY_ENV]) / str(config.hydra.job.num)).write_text(str(config.hydra.sweep.dir))
         try:
             merge_sweep(config.hydra.sweep.dir)
         except FileNotFoundError:
             pass  # no fold has an OOF file yet
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweeps = self._configurations_run(Path(config.hydra.sweep.dir).parent, str(config.name))
-        if not sweeps:
-            log.error("sweep merge: no fold of %s ran under %s", config.name, Path(config.hydra.sweep.dir).parent)
-            raise SystemExit(1)
+        registry = Path(os.environ.pop(SWEEP_REGISTRY_ENV, Path(config.hydra.sweep.dir) / SWEEP_REGISTRY))
+        noted = sorted({p.read_text() for p in registry.glob("*")}) if registry.is_dir() else []
         reports, failed = {}, []
-        for sweep_dir in sweeps:
+        for sweep_dir in map(Path, noted or [config.hydra.sweep.dir]):
             try:
                 reports[sweep_dir.name] = report = merge_sweep(sweep_dir)
             except FileNotFoundError as err:
@@ -120,13 +127,6 @@ class MergeFoldsCallback(Callback):
         if failed:
             log.error("folds failed: %s (see %s in each)", ", ".join(failed), ERROR_FILE)
             raise SystemExit(1)
-
-    def _configurations_run(self, sweeps_root: Path, name: str) -> list[Path]:
-        """Sweep folders of this experiment name (`name`, `name@<overrides>`) that a job of this multirun wrote to."""
-        started = getattr(self, "started", 0.0) - 1.0
-        candidates = [p for p in sorted(sweeps_root.glob(f"{name}*")) if p.name == name or p.name.startswith(f"{name}{TAG_SEP}")]
-        return [p for p in candidates
-                if any(config.stat().st_mtime >= started for config in p.glob(f"{FOLD_PREFIX}*/.hydra/config.yaml"))]
 
 
 def main(argv=None) -> None:

@@ -1,28 +1,5 @@
 """`python -m iad.preprocessing [dataset=rsna] [preprocess.image_size=384] [workers=8]`: build the cache alone."""
 
-from __future__ import annotations
+from iad.prepare import main
 
-import hydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-
-from iad.utils.config import CONFIG_DIR
-from iad.utils.env import setup_env
-
-setup_env()
-
-
-@hydra.main(config_path=str(CONFIG_DIR), config_name="prepare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from iad.preprocessing import prepare_dataset
-
-    source = instantiate(cfg.dataset)
-    cache, report = prepare_dataset(source, cfg.paths.cache_dir, instantiate(cfg.preprocess), workers=cfg.workers,
-                                    max_series_mb=cfg.get("max_series_mb"))
-    print(f"cache {cache.dir}: {report}")
-    for uid, reason in report.failed.items():
-        print(f"  failed {uid}: {reason}")
-
-
-if __name__ == "__main__":
-    main()
+main()

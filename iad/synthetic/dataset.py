@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 import json
 import multiprocessing
@@ -27,6 +28,7 @@ TRAIN_CSV = "train.csv"
 LOCALIZERS_CSV = "train_localizers.csv"
 FOLDS_CSV = "train_kfold.csv"
 SETTINGS_JSON = "synthetic.json"
+LOCK_FILE = ".generating.lock"
 AGE_COL = "PatientAge"
 SEX_COL = "PatientSex"
 TRAIN_COLUMNS: tuple[str, ...] = (UID_COL, AGE_COL, SEX_COL, MODALITY_COL, *LABEL_COLS)
@@ -108,17 +110,23 @@ def generate_series(seed: int, index: int, size_range: tuple[int, int], series_r
 
 
 def _generate_all(seed: int, indices: list[int], size_range: tuple[int, int], series_root: Path, workers: int,
-                  options: dict) -> None:
-    if workers <= 1 or len(indices) <= 1:
-        for index in indices:
-            generate_series(seed, index, size_range, series_root, **options)
-        return
-    # spawn: safe even when the caller already runs threads (torch, data loaders)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context) as pool:
-        futures = [pool.submit(generate_series, seed, index, size_range, series_root, **options) for index in indices]
-        for future in futures:
-            future.result()
+                  options: dict, progress: bool = True) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(indices), desc="generating synthetic series", unit="series",
+              disable=not progress or not indices) as bar:
+        if workers <= 1 or len(indices) <= 1:
+            for index in indices:
+                generate_series(seed, index, size_range, series_root, **options)
+                bar.update()
+            return
+        # spawn: safe even when the caller already runs threads (torch, data loaders)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context) as pool:
+            futures = [pool.submit(generate_series, seed, index, size_range, series_root, **options) for index in indices]
+            for future in as_completed(futures):
+                future.result()
+                bar.update()
 
 
 def _summarize(root: Path, plans: list[SeriesPlan], n_generated: int, seconds: float) -> DatasetSummary:
@@ -162,6 +170,7 @@ def make_dataset(
     positive_share: float | None = None,
     max_slices: int = SLICES_RANGE[1],
     workers: int = 1,
+    progress: bool = True,
 ) -> DatasetSummary:
     """Write `n_series` synthetic series and train.csv, train_localizers.csv, train_kfold.csv.
 
@@ -171,8 +180,8 @@ def make_dataset(
     bounds the in-plane image size in pixels; `locations` names the aneurysm location shares
     ("real" or "uniform", see `frequencies.LOCATION_WEIGHTS`); `positive_share` sets the share of
     positive series in every modality (None: the real per-modality shares); `max_slices` caps the
-    slices per series; `workers` > 1 renders series in
-    parallel processes. Folds: 5 (fewer only when there are fewer than 5 series), stratified by
+    slices per series; `workers` > 1 renders series in parallel processes; `progress` shows a bar of
+    the series rendered. Folds: 5 (fewer only when there are fewer than 5 series), stratified by
     `iad.folds.make_folds`. The settings are written last to `synthetic.json`
     (`read_settings`), so a folder whose settings match is complete.
     """
@@ -187,11 +196,28 @@ def make_dataset(
     series_root.mkdir(parents=True, exist_ok=True)
     options = {"locations": locations, "positive_share": positive_share, "max_slices": max_slices}
     plans = [plan_series(seed, index, size_range, **options) for index in range(n_series)]
-    missing = [plan.index for plan in plans if not (series_root / plan.series_uid).is_dir()]
-    _generate_all(seed, missing, size_range, series_root, workers, options)
-    labels = label_table(plans)
-    write_csv_atomic(labels, root / TRAIN_CSV)
-    write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
-    write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
-    write_json_atomic(dataset_settings(n_series, seed, size_range, **options), root / SETTINGS_JSON)
+    with _exclusive(root / LOCK_FILE):  # parallel sweep jobs: the first generates, the others then find it done
+        missing = [plan.index for plan in plans if not (series_root / plan.series_uid).is_dir()]
+        _generate_all(seed, missing, size_range, series_root, workers, options, progress)
+        labels = label_table(plans)
+        write_csv_atomic(labels, root / TRAIN_CSV)
+        write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
+        write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
+        write_json_atomic(dataset_settings(n_series, seed, size_range, **options), root / SETTINGS_JSON)
     return _summarize(root, plans, len(missing), time.perf_counter() - start)
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` across processes (POSIX; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

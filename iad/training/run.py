@@ -65,11 +65,12 @@ def train(cfg: DictConfig) -> dict:
     last.ckpt resumes from it. Failures leave error.txt in the run folder and re-raise.
     """
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities import rank_zero_only
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / RESULT_FILE
-    if cfg.get("overwrite"):
+    if cfg.get("overwrite") and rank_zero_only.rank == 0:  # DDP ranks > 0 start after rank 0 cleared the folder
         _clear_run(run_dir)
     config_hash = _claim_run_dir(run_dir, identity_settings(cfg))
     if result_path.exists():
@@ -107,7 +108,8 @@ def _fit(cfg: DictConfig, run_dir: Path, pl, config_hash: str) -> dict:
     resume, resumed_from = (None, None) if trainer.fast_dev_run else _resume_point(run_dir)
     if resume:
         log.info("resuming %s from %s (epoch %d)", run_dir, resume, resumed_from)
-        print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
+        if trainer.is_global_zero:
+            print(f"{fold_name(cfg.data.fold)}: resuming from {resume} (epoch {resumed_from})")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     result = {
         "run_dir": str(run_dir),
@@ -119,6 +121,8 @@ def _fit(cfg: DictConfig, run_dir: Path, pl, config_hash: str) -> dict:
         "resumed_from_epoch": resumed_from,
         "best_checkpoint": str(best_checkpoint(run_dir)),
     }
+    if not trainer.is_global_zero:  # under DDP, rank 0 writes and reports the result
+        return result
     if trainer.fast_dev_run:
         log.info("fast_dev_run: no result.json written")
         return result

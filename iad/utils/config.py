@@ -10,9 +10,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from iad.contract import fold_name
-from iad.utils.env import PROJECT_ROOT
+from iad.utils.env import CONFIG_DIR, PROJECT_ROOT  # noqa: F401 - CONFIG_DIR: the entry points import it from here
 
-CONFIG_DIR = PROJECT_ROOT / "conf"
 # Settings that never change what a run learns: they stay out of its identity and its folder name.
 # An entry matches the key itself and everything under it ("paths" covers paths.data_dir).
 NOT_IDENTITY = ("experiment", "name", "data.fold", "overwrite", "logger", "tags", "task_name", "paths",
@@ -89,11 +88,24 @@ def plain(value: Any) -> Any:
     return value
 
 
+
+
+def on_gpu(accelerator: str, gpu_value=True, cpu_value=False):
+    """`gpu_value` when a trainer with this accelerator runs on GPUs (`auto`: when CUDA is available), else `cpu_value`."""
+    if accelerator == "auto":
+        import torch
+
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    return gpu_value if accelerator in ("gpu", "cuda") else cpu_value
+
+
 RESOLVERS = {
     "iad_root": lambda: str(PROJECT_ROOT),  # ${iad_root:}: the project folder
     "fold_name": fold_name,                 # ${fold_name:${data.fold}}: fold_<k> or full
     "run_name": run_name,                   # ${run_name:${name},${hydra.overrides.task}}: a configuration's folder
     "run_group": run_group,                 # ${run_group:${paths.output_dir}}: that folder's name, from a run
+    "len": len,                             # ${len:${data.input.offsets}}: input channels from the 2.5D offsets
+    "on_gpu": on_gpu,                       # ${on_gpu:${.accelerator},bf16-mixed,32-true}: per-device settings
 }
 
 

@@ -1,14 +1,22 @@
-"""Process environment for offline-safe, project-local caches (no torch import)."""
+"""Process environment: where the project lives, its configs, optional project-local caches (no torch import)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CACHE_ROOT = Path(os.environ.get("IAD_CACHE_ROOT", PROJECT_ROOT / ".cache"))
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_CHECKOUT = _PACKAGE_DIR.parent
+# A source checkout (editable install or `python train.py` in the repository) keeps data/ and logs/ in the
+# repository; an installed package works in the current directory (or $IAD_ROOT).
+IN_CHECKOUT = (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "conf").is_dir()
+PROJECT_ROOT = Path(os.environ.get("IAD_ROOT") or (_CHECKOUT if IN_CHECKOUT else Path.cwd())).resolve()
+# The Hydra configs: the repository's conf/, or the copy a wheel carries as iad/conf.
+CONFIG_DIR = _CHECKOUT / "conf" if IN_CHECKOUT else _PACKAGE_DIR / "conf"
 
-# Each library's cache goes under CACHE_ROOT unless the user already chose a place.
+# With $IAD_CACHE_ROOT set (the Makefile and the tests set the project's .cache/), each library's cache goes
+# under it unless the user already chose a place; without it, every library keeps its standard user location.
+CACHE_ROOT_ENV = "IAD_CACHE_ROOT"
 _CACHE_VARS = {
     "HF_HOME": "hf",
     "TORCH_HOME": "torch",
@@ -22,16 +30,18 @@ _CACHE_VARS = {
 
 
 def setup_env(offline: bool | None = None) -> None:
-    """Point library caches into the project and, when offline, stop hub look-ups.
+    """Point unset library caches under $IAD_CACHE_ROOT (when set) and, when offline, stop hub look-ups.
 
-    Must run before timm / smp / ultralytics / wandb are imported. `offline=None` keeps whatever the
-    user exported (`IAD_OFFLINE=1` turns it on).
+    Must run before timm / smp / ultralytics / wandb are imported. Variables the user exported are never
+    changed. `offline=None` keeps whatever the user exported (`IAD_OFFLINE=1` turns it on).
     """
-    for var, sub in _CACHE_VARS.items():
-        if var not in os.environ:
-            path = CACHE_ROOT / sub
-            path.mkdir(parents=True, exist_ok=True)
-            os.environ[var] = str(path)
+    cache_root = os.environ.get(CACHE_ROOT_ENV)
+    if cache_root:
+        for var, sub in _CACHE_VARS.items():
+            if var not in os.environ:
+                path = Path(cache_root) / sub
+                path.mkdir(parents=True, exist_ok=True)
+                os.environ[var] = str(path)
     if offline is None:
         offline = os.environ.get("IAD_OFFLINE", "0") == "1"
     if offline:

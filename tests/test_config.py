@@ -1,0 +1,53 @@
+"""Settings two config groups share are stated once; a contradicting override fails before any work."""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_dir
+import pytest
+
+from iad.utils.config import CONFIG_DIR
+from iad.utils.couplings import CouplingError, check_couplings
+from tests.training_helpers import run_train
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[*overrides, "paths.output_dir=."])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_are_consistent(experiment):
+    cfg = compose_train([f"experiment={experiment}"])
+    check_couplings(cfg)
+    assert cfg.model.in_chans == len(cfg.data.input.offsets)
+
+
+def test_model_follows_the_data_settings():
+    vit = compose_train(["experiment=exp2_eva_large_384", "data.input.img_size=448", "data.input.offsets=[-2,-1,0,1,2]"])
+    assert vit.model.backbone_kwargs.img_size == 448 and vit.model.in_chans == 5
+    check_couplings(vit)
+
+
+@pytest.mark.parametrize(("override", "keys"), [
+    ("model.backbone_kwargs.img_size=224", ("model.backbone_kwargs.img_size=224", "data.input.img_size=384")),
+    ("model.in_chans=1", ("model.in_chans=1", "data.input.offsets=[-1, 0, 1]")),
+])
+def test_contradicting_override_names_both_keys(override, keys):
+    with pytest.raises(CouplingError) as err:
+        check_couplings(compose_train(["experiment=exp2_vit_large_384", override]))
+    assert all(key in str(err.value) for key in keys)
+
+
+def test_mask_model_needs_masks():
+    with pytest.raises(CouplingError, match="data.masks"):
+        check_couplings(compose_train(["model=clsseg"]))
+
+
+def test_train_fails_at_config_time(tmp_path):
+    out = run_train(["experiment=exp2_vit_large_384", "model.backbone_kwargs.img_size=224", f"paths.data_dir={tmp_path}/data",
+                     f"paths.log_dir={tmp_path}/logs"], timeout=120)
+    assert out.returncode != 0
+    assert "model.backbone_kwargs.img_size=224 does not match data.input.img_size=384" in out.stderr
+    assert not (tmp_path / "data").exists()  # nothing prepared
