@@ -93,6 +93,7 @@ def test_offline_pretrained_names_the_cache_and_the_local_file_option(tmp_path):
                             cwd=PROJECT_ROOT)
     assert result.returncode != 0
     assert "PretrainedWeightsUnavailable" in result.stderr and "model.pretrained_file" in result.stderr
+    assert "timm/resnet10t." in result.stderr  # the repository it would have read
     assert str(tmp_path / "hf") in result.stderr
 
 

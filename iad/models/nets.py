@@ -53,7 +53,9 @@ def timm_classifier(backbone: str, in_chans: int = 3, num_classes: int = NUM_LAB
                                  in_chans=in_chans, pretrained_cfg_overlay=overlay, **kwargs)
     except (OSError, RuntimeError) as err:
         if pretrained and not pretrained_file and _is_download_failure(err):
-            raise _offline_hint(f"timm model {backbone!r}", err) from err
+            source = timm.models.get_pretrained_cfg(backbone)
+            where = f" (Hugging Face repo {source.hf_hub_id})" if source is not None and source.hf_hub_id else ""
+            raise _offline_hint(f"timm model {backbone!r}{where}", err) from err
         raise
 
 
