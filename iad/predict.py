@@ -52,8 +52,12 @@ MODES = {"submission": submission, "bundle": bundle, "oof": oof}
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from iad.preflight import preflight
+
     if cfg.mode not in MODES:
         raise SystemExit(f"mode must be one of {sorted(MODES)}, got {cfg.mode!r}")
+    if preflight(cfg, "predict"):
+        return
     MODES[cfg.mode](cfg)
 
 
