@@ -16,14 +16,7 @@ setup_env()
 
 def submission(cfg: DictConfig) -> None:
     from iad.inference import Predictor, predict_folder
-    from iad.inference.submission import NoSeriesError, series_folders_in
 
-    if cfg.input is None:
-        raise SystemExit("mode=submission needs input=<series folder or folder of series>")
-    try:
-        series_folders_in(cfg.input)  # fail before loading models: empty or ambiguous input
-    except NoSeriesError as err:
-        raise SystemExit(f"error: {err}") from None
     predictor = Predictor.load(cfg.model_path, device=cfg.device, batch_size=cfg.batch_size, hflip=cfg.tta.hflip,
                                center_crop=cfg.tta.center_crop, time_budget_s=cfg.time_budget_s,
                                max_series_mb=cfg.get("max_series_mb"))

@@ -421,10 +421,17 @@ def check_model_path(ctx: Context) -> list[Problem]:
 def check_input(ctx: Context) -> list[Problem]:
     if ctx.get("mode") != "submission":
         return []
+    from iad.datasets import NoSeriesError, series_folders_in
+
     path = ctx.get("input")
     if path is None:
         return [Problem("input", None, "mode=submission needs input=<series folder or folder of series>")]
-    return [] if Path(path).is_dir() else [Problem("input", path, "is not a folder")]
+    try:
+        series = series_folders_in(path)  # empty or ambiguous input
+    except NoSeriesError as err:
+        return [Problem("input", path, str(err))]
+    ctx.facts["series"] = str(len(series))
+    return []
 
 
 @check("members", "ensemble")

@@ -162,6 +162,11 @@ def test_predict_inputs(tmp_path):
     found = fatal(run_preflight(cfg, "predict"))
     assert str(found["model_path"]).startswith(f"model_path={tmp_path}/empty_sweep: holds no checkpoint")
     assert str(found["input"]) == "input: mode=submission needs input=<series folder or folder of series>"
+    (tmp_path / "no_series").mkdir()
+    cfg = compose_config("predict", [f"model_path={tmp_path}/nowhere", f"input={tmp_path}/no_series"])
+    found = fatal(run_preflight(cfg, "predict"))
+    assert str(found["model_path"]) == f"model_path={tmp_path}/nowhere: does not exist"
+    assert str(found["input"]).startswith(f"input={tmp_path}/no_series: input {tmp_path}/no_series holds no series")
 
 
 def test_prepare_real_dataset(tmp_path):
