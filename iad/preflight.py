@@ -82,6 +82,8 @@ CHECKS: dict[str, Check] = {}
 
 def check(name: str, *entries: str):
     """Register a check for the given entry points (in registration order)."""
+    assert set(entries) <= set(ENTRIES), entries
+
     def register(fn: Callable[[Context], list[Problem]]):
         CHECKS[name] = Check(name, entries, fn)
         return fn
@@ -105,8 +107,7 @@ def folder_problem(key: str, path) -> Problem | None:
     if not found.is_dir():
         return Problem(key, str(path), f"{found} is a file, not a folder")
     if not os.access(found, os.W_OK | os.X_OK):
-        return Problem(key, str(path), f"not writable ({'it' if found == Path(path).absolute() else found} "
-                                       "is not writable by this user)")
+        return Problem(key, str(path), f"cannot be written: {found} is not writable by this user")
     return None
 
 
@@ -264,12 +265,21 @@ def smp_weight_source(encoder: str, weights) -> WeightSource | None:
     return WeightSource(settings["repo_id"], (("config.json",), ("model.safetensors",)), settings.get("revision"))
 
 
-def cached_weights(source: WeightSource) -> bool:
-    """Whether every file of the source is in the local Hugging Face (or torch hub) cache."""
+def cache_dir(source: WeightSource) -> Path:
+    """Where the library keeps the source's files: torch's hub cache for a URL, else the Hugging Face cache."""
     if source.url:
         import torch
 
-        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(source.url).path).name).is_file()
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE)
+
+
+def cached_weights(source: WeightSource) -> bool:
+    """Whether every file of the source is in the local Hugging Face (or torch hub) cache."""
+    if source.url:
+        return (cache_dir(source) / Path(urlparse(source.url).path).name).is_file()
     from huggingface_hub import try_to_load_from_cache
 
     return all(any(isinstance(try_to_load_from_cache(source.repo_id, name, revision=source.revision), str)
@@ -309,9 +319,9 @@ def check_pretrained(ctx: Context) -> list[Problem]:
     if cached_weights(source):
         ctx.facts["pretrained weights"] = f"{source} (cached)"
         return []
-    from huggingface_hub.constants import ENDPOINT, HF_HUB_CACHE
+    from huggingface_hub.constants import ENDPOINT
 
-    hint = (f"pretrained weights for {name!r} ({source}) are not in the local cache ({HF_HUB_CACHE}); "
+    hint = (f"pretrained weights for {name!r} ({source}) are not in the local cache ({cache_dir(source)}); "
             "download them where you have a network, or set model.pretrained_file=<local weights file>")
     if hub_offline():
         return [Problem(key, name, f"{hint} (offline: HF_HUB_OFFLINE=1)")]

@@ -46,8 +46,9 @@ def test_demo_passes_fast(tmp_path):
 def test_real_dataset_without_its_tables(tmp_path):
     problems = run_preflight(train_cfg(tmp_path, "dataset=rsna"), "train")
     found = fatal(problems)
-    assert str(found["dataset.train_csv"]) == (f"dataset.train_csv={tmp_path}/data/rsna/train.csv: the label table does "
-                                               "not exist (put the competition download under paths.data_dir, or set dataset.root)")
+    assert str(found["dataset.train_csv"]) == (
+        f"dataset.train_csv={tmp_path}/data/rsna/train.csv: the label table does not exist "
+        "(put the competition download under paths.data_dir, or set dataset.root)")
     assert found["dataset.series_dir"].path == f"{tmp_path}/data/rsna/series"
     notes = {p.key for p in problems if not p.fatal}
     assert notes == {"dataset.localizers_csv", "dataset.boxes"}  # the run goes on without them
@@ -60,7 +61,8 @@ def test_boxes_are_noted_only_when_used(tmp_path):
 
 def test_missing_crop_table(tmp_path):
     found = fatal(run_preflight(train_cfg(tmp_path, f"data.crop_table={tmp_path}/boxes.csv"), "train"))
-    assert str(found["data.crop_table"]) == f"data.crop_table={tmp_path}/boxes.csv: the crop table (brain-detector boxes) does not exist"
+    assert str(found["data.crop_table"]) == (
+        f"data.crop_table={tmp_path}/boxes.csv: the crop table (brain-detector boxes) does not exist")
 
 
 def test_folder_that_cannot_be_made(tmp_path):
