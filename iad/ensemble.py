@@ -16,7 +16,11 @@ setup_env()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="ensemble", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    from iad.preflight import preflight
+
+    if preflight(cfg, "ensemble"):
+        return None
     from iad.ensembling import format_ensemble_report, run_ensemble
 
     report = run_ensemble(**OmegaConf.to_container(cfg.ensemble, resolve=True), output_dir=cfg.paths.output_dir)

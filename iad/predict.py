@@ -16,14 +16,7 @@ setup_env()
 
 def submission(cfg: DictConfig) -> None:
     from iad.inference import Predictor, predict_folder
-    from iad.inference.submission import NoSeriesError, series_folders_in
 
-    if cfg.input is None:
-        raise SystemExit("mode=submission needs input=<series folder or folder of series>")
-    try:
-        series_folders_in(cfg.input)  # fail before loading models: empty or ambiguous input
-    except NoSeriesError as err:
-        raise SystemExit(f"error: {err}") from None
     predictor = Predictor.load(cfg.model_path, device=cfg.device, batch_size=cfg.batch_size, hflip=cfg.tta.hflip,
                                center_crop=cfg.tta.center_crop, time_budget_s=cfg.time_budget_s,
                                max_series_mb=cfg.get("max_series_mb"))
@@ -52,8 +45,12 @@ MODES = {"submission": submission, "bundle": bundle, "oof": oof}
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from iad.preflight import preflight
+
     if cfg.mode not in MODES:
         raise SystemExit(f"mode must be one of {sorted(MODES)}, got {cfg.mode!r}")
+    if preflight(cfg, "predict"):
+        return
     MODES[cfg.mode](cfg)
 
 

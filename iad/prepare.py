@@ -15,6 +15,10 @@ setup_env()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from iad.preflight import preflight
+
+    if preflight(cfg, "prepare"):
+        return
     from iad.preprocessing import prepare_dataset
 
     source = instantiate(cfg.dataset)

@@ -66,10 +66,12 @@ def ddp_relaunches_this_job():
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Train one run as configured; returns its validation weighted AUC (the sweep objective)."""
-    from iad.training import train
-    from iad.utils.couplings import check_couplings
+    from iad.preflight import preflight
 
-    check_couplings(cfg)
+    if preflight(cfg, "train"):
+        return None
+    from iad.training import train
+
     with ddp_relaunches_this_job():
         return train(cfg).get("weighted_auc")
 

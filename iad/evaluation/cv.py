@@ -109,6 +109,8 @@ class MergeFoldsCallback(Callback):
             pass  # no fold has an OOF file yet
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if config.get("preflight_only"):  # the jobs only checked their configs: nothing to merge
+            return
         registry = Path(os.environ.pop(SWEEP_REGISTRY_ENV, Path(config.hydra.sweep.dir) / SWEEP_REGISTRY))
         noted = sorted({p.read_text() for p in registry.glob("*")}) if registry.is_dir() else []
         reports, failed = {}, []

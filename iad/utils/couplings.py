@@ -22,8 +22,8 @@ class CouplingError(ValueError):
     """Two config keys that must agree do not."""
 
 
-def check_couplings(cfg: DictConfig) -> None:
-    """Raise CouplingError when a model setting contradicts the data setting it is tied to."""
+def coupling_problems(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(config key, message) for every model setting that contradicts the data setting it is tied to."""
     problems = []
     for model_key, data_key, how in COUPLINGS:
         model_value = OmegaConf.select(cfg, model_key, default=None)
@@ -33,12 +33,18 @@ def check_couplings(cfg: DictConfig) -> None:
         wanted = _DERIVE[how](data_value)
         if model_value != wanted:
             shown = f"{data_key}={OmegaConf.to_container(data_value) if OmegaConf.is_config(data_value) else data_value}"
-            problems.append(f"{model_key}={model_value} does not match {shown}"
-                            f"{f' (len {wanted})' if how == 'len' else ''}: set {data_key} only "
-                            f"({model_key} follows it by interpolation)")
+            problems.append((model_key, f"{model_key}={model_value} does not match {shown}"
+                                        f"{f' (len {wanted})' if how == 'len' else ''}: set {data_key} only "
+                                        f"({model_key} follows it by interpolation)"))
     target = OmegaConf.select(cfg, "model._target_", default=None)
     if target in MASK_MODELS and OmegaConf.select(cfg, "data.masks", default=None) is None:
-        problems.append(f"model._target_={target} trains on masks but data.masks is null: set data.masks "
-                        "(e.g. {_target_: iad.data.MaskSpec, radius_mm: 4.0, kind: disk})")
+        problems.append(("data.masks", f"model._target_={target} trains on masks but data.masks is null: set data.masks "
+                                       "(e.g. {_target_: iad.data.MaskSpec, radius_mm: 4.0, kind: disk})"))
+    return problems
+
+
+def check_couplings(cfg: DictConfig) -> None:
+    """Raise CouplingError when a model setting contradicts the data setting it is tied to."""
+    problems = [message for _, message in coupling_problems(cfg)]
     if problems:
         raise CouplingError("inconsistent config:\n  " + "\n  ".join(problems))
