@@ -8,13 +8,15 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.encoders import JPEG2000LosslessEncoder, RLELosslessEncoder
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 
 from iad.synthetic.modalities import CT_RESCALE_INTERCEPT, MR_BITS_STORED
 from iad.synthetic.plan import SeriesPlan
 
 AXIAL_ORIENTATION = ("1", "0", "0", "0", "1", "0")
 MANUFACTURER = "IAD synthetic phantom"
+# transfer syntax → GDCM's name for it, for `transcode`
+GDCM_SYNTAXES = {JPEGLosslessSV1: "JPEGLosslessProcess14_1", JPEG2000Lossless: "JPEG2000Lossless"}
 CODECS = {"RLE": (RLELossless, RLELosslessEncoder), "J2K": (JPEG2000Lossless, JPEG2000LosslessEncoder)}
 MR_WINDOW_PERCENTILES = (0.5, 99.5)
 
@@ -160,3 +162,25 @@ def write_series(plan: SeriesPlan, volume: np.ndarray, folder: Path) -> None:
         if codec is not None:
             ds.compress(CODECS[codec][0], generate_instance_uid=False)
         ds.save_as(folder / name, enforce_file_format=True)
+
+
+def transcode(source: Path, target: Path, syntax: str) -> None:
+    """Rewrite one DICOM file's pixels in transfer syntax `syntax` with GDCM (pydicom 3 cannot encode
+    JPEG lossless); raises KeyError for a syntax not in GDCM_SYNTAXES, RuntimeError when GDCM fails."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, GDCM_SYNTAXES[syntax])))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM cannot read {source}")
+    change.SetInput(reader.GetImage())
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetFileName(str(target))
+    if not change.Change():
+        raise RuntimeError(f"GDCM cannot encode {source} as {syntax}")
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM cannot write {target}")
