@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 import time
@@ -11,7 +13,7 @@ import numpy as np
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 import pytest
 
-from iad.dicom import ReadLimits, SeriesReadError, SeriesTimeout, load_series, scan_series
+from iad.dicom import ReadLimits, SeriesReadError, SeriesTimeout, decode_pool, load_series, scan_series
 from iad.dicom.decode_pool import POOL_KINDS, resolve_workers
 from iad.preprocessing.cache import read_stored
 from iad.synthetic.writer import transcode
@@ -90,3 +92,24 @@ def test_worker_count_default_is_every_core() -> None:
     assert resolve_workers(None) >= 1
     assert resolve_workers(0) == resolve_workers(1) == 1
     assert resolve_workers(3) == 3
+
+
+class _BrokenPool(Executor):
+    """A pool whose every job fails as a pool (not a file) failure does."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_exception(BrokenProcessPool("a worker died"))
+        return future
+
+
+def test_a_broken_pool_falls_back_to_serial_decoding(tmp_path: Path, monkeypatch) -> None:
+    folder = _mixed_series(tmp_path / "series")
+    serial, serial_warnings = _load(folder)
+    monkeypatch.setitem(decode_pool._POOLS, ("processes", 3), _BrokenPool())
+    pooled, pooled_warnings = _load(folder, workers=3)
+    np.testing.assert_array_equal(pooled.pixels, serial.pixels)
+    assert pooled.dropped == serial.dropped
+    assert [m for m in pooled_warnings if "read pool broke" not in m] == serial_warnings
+    assert sum("read pool broke" in m for m in pooled_warnings) == 1
+    assert ("processes", 3) not in decode_pool._POOLS

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 import multiprocessing
 import os
+import warnings
 
 DEFAULT_POOL = "processes"
 PREFETCH_PER_WORKER = 2  # files decoded ahead of the consumer per worker: bounds the pixels held in flight
@@ -56,6 +57,16 @@ def warm_pool(kind: str, workers: int) -> None:
     pool = get_pool(kind, workers)
     for future in [pool.submit(os.getpid) for _ in range(workers)]:
         future.result()
+
+
+def discard_pool(kind: str, workers: int, reason: BaseException) -> None:
+    """Forget a pool that broke (e.g. a worker killed, or a script that spawns at import); warns once per pool."""
+    pool = _POOLS.pop((kind, workers), None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        warnings.warn(f"the {kind} read pool broke ({type(reason).__name__}: {reason}); decoding serially until a new "
+                      "one starts (a script using process pools needs `if __name__ == '__main__':`)", RuntimeWarning,
+                      stacklevel=3)
 
 
 @atexit.register

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 from pathlib import Path
 import threading
@@ -11,7 +12,7 @@ import warnings
 import numpy as np
 import pydicom
 
-from iad.dicom.decode_pool import get_pool, ordered_map
+from iad.dicom.decode_pool import discard_pool, get_pool, ordered_map
 from iad.dicom.headers import PixelStorage
 from iad.dicom.layout import ReadLimits, SeriesLayout, SeriesReadWarning, keep_decoded, scan_series
 
@@ -99,7 +100,16 @@ def _decoded_files(layout: SeriesLayout, by_file: dict[Path, list[tuple[int, int
     try:
         for job in jobs:
             layout.limits.check_time(layout.folder)
-            yield _from_worker(next(pooled)) if pooled is not None and job[1] is None else decode_file(*job)
+            if pooled is None or job[1] is not None:
+                yield decode_file(*job)
+                continue
+            try:
+                stored = _from_worker(next(pooled))
+            except BrokenExecutor as err:  # the pool, not the file, failed: this file and the rest go serial
+                discard_pool(layout.limits.pool, workers, err)
+                pooled = None
+                stored = decode_file(*job)
+            yield stored
     finally:
         if pooled is not None:
             pooled.close()

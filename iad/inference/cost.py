@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 
-from iad.dicom import scan_series, warm_pool
+from iad.dicom import scan_series
 from iad.inference.predictor import LoadedMember, Predictor
 from iad.preprocessing.cache import normalised_volume, read_stored
 
@@ -70,8 +70,7 @@ def _member_seconds(predictor: Predictor, member: LoadedMember, volumes: dict, r
 
 def measure_cost(predictor: Predictor, series_dir: str | Path, repeats: int = 3) -> CostTable:
     """Time every stage of `predictor` on one series folder (median of `repeats` after one warm-up)."""
-    if predictor.read_limits.workers > 1:
-        warm_pool(predictor.read_limits.pool, predictor.read_limits.workers)
+    predictor.warm_read_pool()
     stored = read_stored(scan_series(series_dir, predictor.read_limits))
     table = CostTable(str(series_dir), len(stored.slices))
     table.stages["read"] = _median_time(lambda: read_stored(scan_series(series_dir, predictor.read_limits)), repeats)

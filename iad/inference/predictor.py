@@ -15,7 +15,7 @@ import torch
 
 from iad.contract import BUNDLE_FILE
 from iad.data.crops import FULL_BOX, center_crop, head_box
-from iad.dicom import ReadLimits, SeriesTimeout, resolve_workers, scan_series
+from iad.dicom import ReadLimits, SeriesTimeout, resolve_workers, scan_series, warm_pool
 from iad.dicom.decode_pool import DEFAULT_POOL
 from iad.inference.loading import LoadedModel, checkpoints_in, load_model
 from iad.labels import FLIP_PERM, LABEL_COLS
@@ -133,6 +133,11 @@ class Predictor:
             member.center_crop = member.center_crop if center_crop is None else center_crop
         return cls(members, batch_size=batch_size, device=device, time_budget_s=time_budget_s,
                    max_series_mb=max_series_mb, read_workers=read_workers, read_pool=read_pool)
+
+    def warm_read_pool(self) -> None:
+        """Start the decode pool's workers now, so that the first compressed series does not pay for it."""
+        if self.read_limits.workers > 1:
+            warm_pool(self.read_limits.pool, self.read_limits.workers)
 
     # ---- prediction --------------------------------------------------------------------------
     def predict(self, series_dir: str | Path) -> dict[str, float]:
