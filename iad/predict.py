@@ -63,11 +63,16 @@ def oof(cfg: DictConfig) -> None:
 
 
 def cost(cfg: DictConfig) -> None:
-    from iad.inference.cost import measure_cost, representative_series
+    from pathlib import Path
+
+    from iad.inference.cost import COST_FILE, measure_cost, representative_series
+    from iad.utils.io import write_json_atomic
 
     predictor = load_predictor(cfg)
     series = representative_series(cfg.input, cfg.output_dir)
-    print(measure_cost(predictor, series, repeats=cfg.cost_repeats).format(cfg.n_series))
+    table = measure_cost(predictor, series, repeats=cfg.cost_repeats)
+    write_json_atomic(table.as_dict(), Path(cfg.output_dir) / COST_FILE)
+    print(f"{table.format(cfg.n_series)}\n→ {Path(cfg.output_dir) / COST_FILE}")
 
 
 MODES = {"submission": submission, "bundle": bundle, "oof": oof, "cost": cost}

@@ -132,5 +132,11 @@ def test_cost_table_times_each_stage_member_and_model(tmp_path: Path) -> None:
     assert set(table.members) == {"m", "n"} and set(table.models) == {("m", 0), ("m", 1), ("n", 0)}
     assert all(seconds > 0 for seconds in [*table.stages.values(), *table.members.values(), *table.models.values()])
     assert table.per_series == pytest.approx(sum(table.stages.values()) + sum(table.members.values()))
+    assert set(table.as_dict()["models"]) == {"m/0", "m/1", "n/0"}
     text = table.format(n_series=100)
     assert "expected for 100 series" in text and "fold model 1" in text
+
+
+def test_cost_controls_from_settings_ignore_folds_and_read_yaml_precision() -> None:
+    controls = CostControls.from_settings({"precision": 32, "folds": [0], "slice_stride": 2})
+    assert controls == CostControls(slice_stride=2, precision="32")

@@ -18,6 +18,7 @@ from iad.dicom import scan_series
 from iad.inference.predictor import LoadedMember, Predictor
 from iad.preprocessing.cache import normalised_volume, read_stored
 
+COST_FILE = "cost.json"
 HIDDEN_TEST_SERIES = 2500  # about the competition's hidden test set
 PHANTOM_SHAPE = (200, 512)  # slices, size of the synthetic series timed when no input is given
 
@@ -36,6 +37,12 @@ class CostTable:
     @property
     def per_series(self) -> float:
         return sum(self.stages.values()) + sum(self.members.values())
+
+    def as_dict(self) -> dict:
+        """JSON-ready: what `cost.json` holds (models keyed "<member>/<fold index>")."""
+        return {"series": self.series, "n_slices": self.n_slices, "per_series_s": self.per_series,
+                "stages": self.stages, "members": self.members,
+                "models": {f"{name}/{index}": seconds for (name, index), seconds in self.models.items()}}
 
     def format(self, n_series: int = HIDDEN_TEST_SERIES) -> str:
         lines = [f"cost of {self.series} ({self.n_slices} slices), median seconds per series",

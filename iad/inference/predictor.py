@@ -44,7 +44,8 @@ class CostControls:
     @classmethod
     def from_settings(cls, settings: Mapping) -> CostControls:
         """From a spec member's (or an override's) keys; unknown keys such as `folds` are ignored."""
-        return cls(**{key: settings[key] for key in cls.__dataclass_fields__ if key in settings})
+        controls = cls(**{key: settings[key] for key in cls.__dataclass_fields__ if key in settings})
+        return replace(controls, precision=str(controls.precision))  # `precision=32` from YAML is an int
 
 
 @dataclass
