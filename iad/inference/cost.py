@@ -45,16 +45,18 @@ class CostTable:
                 "models": {f"{name}/{index}": seconds for (name, index), seconds in self.models.items()}}
 
     def format(self, n_series: int = HIDDEN_TEST_SERIES) -> str:
-        lines = [f"cost of {self.series} ({self.n_slices} slices), median seconds per series",
-                 f"{'stage / member / model':<44}{'seconds':>10}"]
-        lines += [f"{stage:<44}{seconds:>10.3f}" for stage, seconds in self.stages.items()]
+        rows = [(stage, seconds) for stage, seconds in self.stages.items()]
         for member, seconds in self.members.items():
-            lines.append(f"{'member ' + member:<44}{seconds:>10.3f}")
-            lines += [f"{'  fold model ' + str(index):<44}{seconds:>10.3f}"
-                      for (name, index), seconds in self.models.items() if name == member]
+            rows.append((f"member {member}", seconds))
+            rows += [(f"  fold model {index}", seconds) for (name, index), seconds in self.models.items() if name == member]
+        total = f"expected for {n_series} series"
+        width = max(len(label) for label, _ in [*rows, (total, 0)]) + 2
+        lines = [f"cost of {self.series} ({self.n_slices} slices), median seconds per series",
+                 f"{'stage / member / model':<{width}}{'seconds':>10}"]
+        lines += [f"{label:<{width}}{seconds:>10.3f}" for label, seconds in rows]
+        lines.append(f"{'expected per series':<{width}}{self.per_series:>10.3f}")
         hours = self.per_series * n_series / 3600
-        lines.append(f"{'expected per series':<44}{self.per_series:>10.3f}")
-        lines.append(f"{f'expected for {n_series} series':<44}{self.per_series * n_series:>10.0f} s ({hours:.2f} h)")
+        lines.append(f"{total:<{width}}{self.per_series * n_series:>10.0f} s ({hours:.2f} h)")
         return "\n".join(lines)
 
 
