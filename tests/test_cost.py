@@ -140,3 +140,8 @@ def test_cost_table_times_each_stage_member_and_model(tmp_path: Path) -> None:
 def test_cost_controls_from_settings_ignore_folds_and_read_yaml_precision() -> None:
     controls = CostControls.from_settings({"precision": 32, "folds": [0], "slice_stride": 2})
     assert controls == CostControls(slice_stride=2, precision="32")
+
+
+def test_invalid_cost_overrides_fail_before_loading_models(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="slice_stride 0"):
+        Predictor.load(tmp_path / "no-such-run", cost={"slice_stride": 0})

@@ -17,6 +17,7 @@ from iad.contract import BUNDLE_FILE
 from iad.data.crops import FULL_BOX, center_crop, head_box
 from iad.dicom import ReadLimits, SeriesTimeout, resolve_workers, scan_series, warm_pool
 from iad.dicom.decode_pool import DEFAULT_POOL
+from iad.ensembling.spec import ALL_FOLDS, cost_settings, cost_settings_problem
 from iad.inference.loading import LoadedModel, checkpoints_in, load_model
 from iad.labels import FLIP_PERM, LABEL_COLS
 from iad.models.aggregation import aggregate_series
@@ -122,6 +123,9 @@ class Predictor:
         """
         path = Path(path)
         overrides = {key: value for key, value in (cost or {}).items() if value is not None}
+        problem = cost_settings_problem(overrides)
+        if problem:
+            raise ValueError(f"cost override: {problem}")
         placement = _round_robin(devices or [device])
         if path.is_dir() and (path / BUNDLE_FILE).exists():
             members = _members_from_spec(path / BUNDLE_FILE, placement, overrides)
@@ -268,7 +272,7 @@ def _round_robin(devices: list[str]):
 
 def select_folds(checkpoints: list[Path], folds, name: str) -> list[Path]:
     """The checkpoints of `folds` ("all" or indices into the member's fold list)."""
-    if folds in (None, "all"):
+    if folds in (None, ALL_FOLDS):
         return checkpoints
     missing = [index for index in folds if not 0 <= index < len(checkpoints)]
     if missing:
@@ -284,7 +288,7 @@ def _load_member(name: str, weight: float, checkpoints: list[Path], placement, s
 
 
 def _members_from_spec(spec_path: Path, placement, overrides: Mapping) -> list[LoadedMember]:
-    from iad.ensembling.spec import cost_settings, read_spec
+    from iad.ensembling.spec import read_spec
 
     spec = read_spec(spec_path)
     members = []
