@@ -45,6 +45,7 @@ test-slow: venv
 
 bench: venv
 	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/read.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/predict.py
 

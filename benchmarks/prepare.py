@@ -23,46 +23,11 @@ import tracemalloc
 import cv2
 import numpy as np
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from iad.preprocessing import PreprocessConfig, cache_series
+from iad.synthetic.writer import write_ct_phantom
 
 WORK = Path(__file__).resolve().parent / "_work"
-
-
-def write_ct_series(folder: Path, n_slices: int, size: int) -> list[Path]:
-    """An uncompressed axial CT series with a smooth phantom, in stored int16 values."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    head = ((xx - size / 2) ** 2 / (0.4 * size) ** 2 + (yy - size / 2) ** 2 / (0.45 * size) ** 2) < 1
-    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for z in range(n_slices):
-        hu = np.where(head, 40, -1000) + rng.normal(0, 10, (size, size))
-        stored = np.clip(hu + 1024, -32768, 32767).astype(np.int16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality, ds.ImageType, ds.InstanceNumber = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"], z + 1
-        ds.ImagePositionPatient = [-125.0, -125.0, round(z * 0.5, 4)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.488281, 0.488281], 0.5
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = stored.tobytes()
-        path = folder / f"{generate_uid()}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def read_floor(paths: list[Path]) -> None:
@@ -101,7 +66,7 @@ def ct_series(slices: int, size: int) -> list[Path]:
     paths = sorted(folder.glob("*.dcm")) if folder.exists() else []
     if len(paths) != slices:
         shutil.rmtree(folder, ignore_errors=True)
-        paths = write_ct_series(folder, slices, size)
+        paths = write_ct_phantom(folder, slices, size)
     return paths
 
 

@@ -2,11 +2,12 @@
 (or `iad-predict ...`, or `python predict.py ...`).
 
 Modes: `mode=submission` (default) writes submission.csv and timings.csv; `mode=bundle` exports a
-self-contained bundle; `mode=oof` re-scores a sweep's held-out series (e.g. `tta.center_crop=0.75`).
+self-contained bundle; `mode=oof` re-scores a sweep's held-out series (e.g. `tta.center_crop=0.75`,
+`cost.slice_stride=2`); `mode=cost` prints the seconds per series of each stage and model.
 """
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from iad.utils.config import CONFIG_DIR
 from iad.utils.env import setup_env
@@ -14,12 +15,25 @@ from iad.utils.env import setup_env
 setup_env()
 
 
-def submission(cfg: DictConfig) -> None:
-    from iad.inference import Predictor, predict_folder
+def load_predictor(cfg: DictConfig):
+    """The Predictor of `model_path` with every setting of predict.yaml applied."""
+    from iad.inference import Predictor
 
-    predictor = Predictor.load(cfg.model_path, device=cfg.device, batch_size=cfg.batch_size, hflip=cfg.tta.hflip,
-                               center_crop=cfg.tta.center_crop, time_budget_s=cfg.time_budget_s,
-                               max_series_mb=cfg.get("max_series_mb"))
+    return Predictor.load(cfg.model_path, device=cfg.device, batch_size=cfg.batch_size, hflip=cfg.tta.hflip,
+                          center_crop=cfg.tta.center_crop, time_budget_s=cfg.time_budget_s,
+                          max_series_mb=cfg.get("max_series_mb"), cost=_container(cfg.get("cost")),
+                          devices=_container(cfg.get("devices")), read_workers=cfg.get("read_workers"),
+                          read_pool=cfg.get("read_pool", "processes"))
+
+
+def _container(node):
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def submission(cfg: DictConfig) -> None:
+    from iad.inference import predict_folder
+
+    predictor = load_predictor(cfg)
     frame = predict_folder(predictor, cfg.input, cfg.output_dir)
     print(f"{len(frame)} series → {cfg.output_dir}/submission.csv")
 
@@ -27,7 +41,8 @@ def submission(cfg: DictConfig) -> None:
 def bundle(cfg: DictConfig) -> None:
     from iad.inference import Predictor, export_bundle
 
-    predictor = Predictor.load(cfg.model_path, hflip=cfg.tta.hflip, center_crop=cfg.tta.center_crop)
+    predictor = Predictor.load(cfg.model_path, hflip=cfg.tta.hflip, center_crop=cfg.tta.center_crop,
+                               cost=_container(cfg.get("cost")))
     print(f"bundle → {export_bundle(predictor, cfg.output_dir)}")
 
 
@@ -36,11 +51,24 @@ def oof(cfg: DictConfig) -> None:
     from iad.inference.rescore import rescore_sweep
 
     _, report, path = rescore_sweep(cfg.model_path, hflip=bool(cfg.tta.hflip), center_crop=cfg.tta.center_crop,
-                                    batch_size=cfg.batch_size, device=cfg.device)
-    print(f"{format_cv_report(report)}\n→ {path}")
+                                    batch_size=cfg.batch_size, device=cfg.device, cost=_container(cfg.get("cost")))
+    print(f"{format_cv_report(report)}\nmodel seconds per series: {report['model_s_per_series']:.4f}\n→ {path}")
 
 
-MODES = {"submission": submission, "bundle": bundle, "oof": oof}
+def cost(cfg: DictConfig) -> None:
+    from pathlib import Path
+
+    from iad.inference.cost import COST_FILE, measure_cost, representative_series
+    from iad.utils.io import write_json_atomic
+
+    predictor = load_predictor(cfg)
+    series = representative_series(cfg.input, cfg.output_dir)
+    table = measure_cost(predictor, series, repeats=cfg.cost_repeats)
+    write_json_atomic(table.as_dict(), Path(cfg.output_dir) / COST_FILE)
+    print(f"{table.format(cfg.n_series)}\n→ {Path(cfg.output_dir) / COST_FILE}")
+
+
+MODES = {"submission": submission, "bundle": bundle, "oof": oof, "cost": cost}
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="predict", version_base="1.3")

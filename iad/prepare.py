@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
 
     source = instantiate(cfg.dataset)
     cache, report = prepare_dataset(source, cfg.paths.cache_dir, instantiate(cfg.preprocess), workers=cfg.workers,
-                                    max_series_mb=cfg.get("max_series_mb"))
+                                    max_series_mb=cfg.get("max_series_mb"), read_workers=cfg.get("read_workers", 1))
     print(f"cache {cache.dir}: {report}")
     for uid, reason in report.failed.items():
         print(f"  failed {uid}: {reason}")

@@ -20,6 +20,7 @@ from iad.ensembling import (
     SpecError,
     align_members,
     blend_predictions,
+    format_ensemble_report,
     make_spec,
     mean_fold_auc,
     nested_cv,
@@ -34,6 +35,7 @@ from iad.labels import LABEL_COLS, MODALITIES, MODALITY_COL, NUM_LABELS, PRESENT
 from iad.metrics import weighted_auc
 from iad.utils.config import CONFIG_DIR
 from iad.utils.env import PROJECT_ROOT
+from iad.utils.io import write_json_atomic
 
 N_SERIES, N_FOLDS = 300, 5
 PRESENT = LABEL_COLS.index(PRESENT_COL)
@@ -314,3 +316,30 @@ def test_entry_point_end_to_end(sweeps, tmp_path):
     assert nested["pooled_auc"] <= nested["in_sample_auc"] and len(nested["folds"]) == N_FOLDS
     for row in ("strong", "locations_only", "blend (mean)", "Aneurysm Present", "nested CV: pooled"):
         assert row in result.stdout
+
+
+def _cost_file(path: Path, members: dict[str, float]) -> Path:
+    write_json_atomic({"stages": {"read": 0.5, "preprocess": 0.5}, "members": members}, path)
+    return path
+
+
+def test_budget_keeps_the_best_subset_that_fits_and_reports_the_frontier(sweeps, tmp_path):
+    names = ("strong", "weak", "noise")
+    costs = _cost_file(tmp_path / "cost.json", {"strong": 3.0, "weak": 1.0, "noise": 0.5})
+    config = {name: {"path": str(sweeps[name])} for name in names}
+    tight = run_ensemble(config, tmp_path / "tight", weights="optimize", budget_s=2.2, costs=costs)
+    roomy = run_ensemble(config, tmp_path / "roomy", weights="optimize", budget_s=100, costs=costs)
+
+    subsets = tight["budget"]["subsets"]
+    assert len(subsets) == 7 and [s["seconds"] for s in subsets] == sorted(s["seconds"] for s in subsets)
+    assert tight["budget"]["chosen"]["seconds"] <= 2.2 and "strong" not in tight["budget"]["chosen"]["members"]
+    assert [m["name"] for m in tight["members"]] == tight["budget"]["chosen"]["members"]
+    assert "strong" in roomy["budget"]["chosen"]["members"]
+    assert roomy["budget"]["chosen"]["nested_auc"] == max(s["nested_auc"] for s in subsets)
+    front = roomy["budget"]["frontier"]
+    assert all(b["seconds"] > a["seconds"] and b["nested_auc"] > a["nested_auc"] for a, b in zip(front, front[1:]))
+    assert "frontier" in format_ensemble_report(roomy)
+    with pytest.raises(ValueError, match="cheapest member"):
+        run_ensemble(config, tmp_path / "none", budget_s=1.2, costs=costs)
+    with pytest.raises(ValueError, match="needs ensemble.costs"):
+        run_ensemble(config, tmp_path / "nocost", budget_s=5)

@@ -255,3 +255,38 @@ def test_predict_command_submission_and_bundle(trained, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     spec = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert spec["members"][0]["hflip_tta"] is True and len(list((tmp_path / "bundle").rglob("*.pt"))) == 2
+
+
+def test_cost_controls_from_a_sweep_and_in_its_bundle(trained, tmp_path):
+    """A fold subset on two (CPU) devices, stride and batch size from `cost`; the bundle records them."""
+    chosen = Predictor.load(trained["sweep"], cost={"folds": [1], "slice_stride": 2, "batch_size": 8, "precision": None},
+                            devices=["cpu", "cpu"], read_workers=2)
+    member = chosen.members[0]
+    assert len(member.models) == 1 and member.models[0].source.endswith("fold_1/checkpoints/best.ckpt")
+    assert (member.cost.slice_stride, member.cost.batch_size, member.cost.precision) == (2, 8, "32")
+    series = sorted((trained["unseen"] / "series").iterdir())[0]
+    assert set(chosen.predict(series)) == set(LABEL_COLS)
+    export_bundle(chosen, tmp_path / "bundle")
+    recorded = json.loads((tmp_path / "bundle" / "bundle.json").read_text())["members"][0]
+    assert (recorded["slice_stride"], recorded["batch_size"], recorded["folds"]) == (2, 8, "all")
+    assert len(list((tmp_path / "bundle").rglob("*.pt"))) == 1
+    reloaded = Predictor.load(tmp_path / "bundle")
+    assert reloaded.members[0].cost == member.cost
+    assert reloaded.predict(series) == pytest.approx(chosen.predict(series), abs=1e-6)
+
+
+def test_predict_command_oof_under_a_stride_and_the_cost_table(trained, tmp_path):
+    env = dict(os.environ, IAD_OFFLINE="1")
+    common = [f"paths.log_dir={trained['root']}/logs", f"model_path={trained['sweep']}"]
+    out = subprocess.run([sys.executable, "predict.py", *common, "mode=oof", "cost.slice_stride=2"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "model seconds per series" in out.stdout
+    assert len(read_oof(trained["sweep"] / "oof_cropval_slice_stride2.csv")) == len(read_oof(trained["sweep"] / "oof.csv"))
+    out = subprocess.run([sys.executable, "predict.py", *common, "mode=cost", f"input={trained['unseen'] / 'series'}",
+                          "n_series=2500", "cost_repeats=1", f"output_dir={tmp_path}"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("read", "preprocess", "fold model 0", "fold model 1", "expected per series", "expected for 2500 series"):
+        assert row in out.stdout, out.stdout
+    assert json.loads((tmp_path / "cost.json").read_text())["per_series_s"] > 0

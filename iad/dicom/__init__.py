@@ -3,6 +3,7 @@
 Pure data code (numpy + pydicom); no torch import, picklable results for process pools.
 """
 
+from iad.dicom.decode_pool import POOL_KINDS, resolve_workers, warm_pool
 from iad.dicom.headers import FrameRef
 from iad.dicom.layout import (
     MAX_BAD_SLICE_FRACTION,
@@ -18,6 +19,7 @@ from iad.dicom.pixels import Series, iter_stored_slices, load_series
 
 __all__ = [
     "MAX_BAD_SLICE_FRACTION",
+    "POOL_KINDS",
     "FrameRef",
     "ReadLimits",
     "SeriesTimeout",
@@ -28,5 +30,7 @@ __all__ = [
     "SeriesReadWarning",
     "iter_stored_slices",
     "load_series",
+    "resolve_workers",
     "scan_series",
+    "warm_pool",
 ]

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from iad.dicom.decode_pool import DEFAULT_POOL
 from iad.dicom.headers import FileHeader, FrameHeader, FrameRef, PixelStorage, UnusableFile, read_header
 
 AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
@@ -34,10 +35,14 @@ class SeriesTimeout(TimeoutError):
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """What reading one series may cost: decoded pixel bytes, and a `time.perf_counter()` deadline."""
+    """What reading one series may cost: decoded pixel bytes, a `time.perf_counter()` deadline, and the
+    workers decoding its compressed files (1: serial; `pool`: "processes" or "threads", see
+    `iad.dicom.decode_pool`)."""
 
     max_series_bytes: int = MAX_SERIES_BYTES
     deadline: float | None = None
+    workers: int = 1
+    pool: str = DEFAULT_POOL
 
     def check_time(self, where: Path) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:

@@ -39,7 +39,19 @@ def format_ensemble_report(report: dict) -> str:
         lines.append(f"  {label:<{_LABEL_WIDTH - 2}}{aucs}")
     if report.get("nested_cv"):
         lines.extend(_nested_lines(report["nested_cv"]))
+    if report.get("budget"):
+        lines.extend(_budget_lines(report["budget"]))
     return "\n".join(lines)
+
+
+def _budget_lines(budget: dict) -> list[str]:
+    chosen = budget["chosen"]
+    lines = [f"budget {budget['budget_s']:g} s per series: chose {' + '.join(chosen['members'])} "
+             f"({chosen['seconds']:.3f} s, nested-CV weighted AUC {format_auc(chosen['nested_auc'])})",
+             "  frontier (seconds per series → nested-CV weighted AUC):"]
+    lines += [f"  {row['seconds']:>9.3f} s  {format_auc(row['nested_auc'])}  {' + '.join(row['members'])}"
+              for row in budget["frontier"]]
+    return lines
 
 
 def _nested_lines(nested: dict) -> list[str]:

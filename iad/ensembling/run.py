@@ -11,6 +11,7 @@ import pandas as pd
 
 from iad.contract import OOF_FILE
 from iad.ensembling.blend import BLEND_METHODS, blend_predictions
+from iad.ensembling.budget import frontier, read_costs, subset_scores, within_budget
 from iad.ensembling.members import AlignedPredictions, EnsembleMember, align_members, member_weights, parse_members
 from iad.ensembling.optimize import OPTIMIZER, mean_fold_auc, nested_cv, optimize_weights
 from iad.ensembling.report import score_predictions
@@ -25,7 +26,8 @@ WEIGHT_SOURCES = ("fixed", "equal", "optimize")
 
 
 def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, *, weights: str = "fixed",
-                 blend: str = "mean", intersect: bool = False, seed: int = 0, random_starts: int = 4) -> dict:
+                 blend: str = "mean", intersect: bool = False, seed: int = 0, random_starts: int = 4,
+                 budget_s: float | None = None, costs: str | os.PathLike | None = None) -> dict:
     """Blend the members' OOF predictions and write the spec, the report and the blend's OOF file.
 
     `members`: {name: {path, weight, hflip_tta, center_crop, checkpoints}} (see EnsembleMember).
@@ -33,6 +35,9 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
     the OOF weighted AUC of the `blend`, and estimate the result by nested CV over the folds).
     `blend`: "mean" of probabilities or "rank" (mean of normalised ranks; scored here, but the spec
     always blends probabilities with the same weights).
+    `budget_s` (with `costs`, a `cost.json` from `predict.py mode=cost`): keep the subset of members
+    with the best nested-CV score whose measured seconds per series fit the budget (see
+    `iad.ensembling.budget`); the report's "budget" holds the choice and the frontier.
     Writes <output_dir>/ensemble.json, report.json and oof.csv (the deployed mean blend, OOF format);
     returns the report (see report.format_ensemble_report).
     """
@@ -42,6 +47,12 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
         raise ValueError(f"ensemble.blend={blend!r}; expected one of {BLEND_METHODS}")
     parsed = parse_members(members)
     aligned = align_members({member.name: member.prediction_file for member in parsed}, intersect=intersect)
+    budget = None
+    if budget_s is not None:
+        budget = _budget_choice(aligned, [member.name for member in parsed], budget_s, costs, method=blend, seed=seed,
+                                random_starts=random_starts)
+        parsed = [member for member in parsed if member.name in budget["chosen"]["members"]]
+        aligned = align_members({member.name: member.prediction_file for member in parsed}, intersect=intersect)
     stacked, truth = aligned.stacked(), aligned.series[list(TRUE_COLS)].to_numpy()
     weight_vector = _weights(weights, parsed, stacked, truth, blend=blend, seed=seed, random_starts=random_starts)
     blends = {method: blend_predictions(stacked, weight_vector, method) for method in dict.fromkeys((SPEC_BLEND, blend))}
@@ -68,10 +79,22 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
                     for (name, predictions), member, weight in zip(aligned.predictions.items(), parsed, weight_vector)],
         "blends": blend_scores,
         "nested_cv": nested,
+        "budget": budget,
         "spec": str((output_dir / SPEC_FILE).resolve()),
     }
     write_json_atomic(report, output_dir / REPORT_FILE)
     return report
+
+
+def _budget_choice(aligned: AlignedPredictions, names: list[str], budget_s: float, costs, **optimize) -> dict:
+    """The members to keep under `budget_s`, with every subset's cost and nested-CV score and the frontier."""
+    if costs is None:
+        raise ValueError("ensemble.budget_s needs ensemble.costs=<cost.json from predict.py mode=cost>")
+    fixed_s, member_s = read_costs(costs)
+    rows = subset_scores(aligned.stacked(), aligned.series[list(TRUE_COLS)].to_numpy(),
+                         aligned.series[FOLD_COL].to_numpy(), names, member_s, fixed_s, **optimize)
+    return {"budget_s": float(budget_s), "costs": str(costs), "chosen": within_budget(rows, budget_s),
+            "frontier": frontier(rows), "subsets": rows}
 
 
 def _weights(source: str, members: list[EnsembleMember], stacked: np.ndarray, truth: np.ndarray, *, blend: str, seed: int,

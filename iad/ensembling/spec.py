@@ -4,7 +4,11 @@
      "label_cols": [the 14 labels, in LABEL_COLS order],
      "members": [{"name": str, "path": sweep/run dir holding the checkpoints (a relative path
                   resolves against the spec's folder, as in a self-contained bundle),
-                  "weight": float >= 0, "hflip_tta": bool, "center_crop": float in (0, 1]}, ...],
+                  "weight": float >= 0, "hflip_tta": bool, "center_crop": float in (0, 1],
+                  cost controls, optional (COST_DEFAULTS when absent, so older specs load):
+                  "slice_stride": int >= 1 (score every k-th slice), "folds": "all" or [fold indices],
+                  "batch_size": int >= 1 or null (the predictor's), "precision": "32" | "bf16" | "fp16"
+                  (autocast), "channels_last": bool (CUDA only)}, ...],
      "blend": "mean",
      "oof": {"n_series", "weighted_auc", "per_label", "by_group"},
      "nested_cv": {...}}                       # only when the weights were optimised
@@ -28,6 +32,10 @@ SPEC_FORMAT = "iad-ensemble/1"
 SPEC_BLEND = "mean"
 WEIGHT_SUM_TOLERANCE = 1e-6
 MEMBER_KEYS = ("name", "path", "weight", "hflip_tta", "center_crop")
+ALL_FOLDS = "all"
+PRECISIONS = ("32", "bf16", "fp16")
+# What each member costs to run; optional in a spec, these when absent (the settings before they existed).
+COST_DEFAULTS = {"slice_stride": 1, "folds": ALL_FOLDS, "batch_size": None, "precision": "32", "channels_last": False}
 _REQUIRED_KEYS = ("format", "label_cols", "members", "blend")
 
 
@@ -36,7 +44,7 @@ def make_spec(members: list[Mapping], oof: Mapping, nested_cv: Mapping | None = 
     spec = {
         "format": SPEC_FORMAT,
         "label_cols": list(LABEL_COLS),
-        "members": [{key: member[key] for key in MEMBER_KEYS} for member in members],
+        "members": [{**{key: member[key] for key in MEMBER_KEYS}, **cost_settings(member)} for member in members],
         "blend": SPEC_BLEND,
         "oof": dict(oof),
     }
@@ -112,7 +120,7 @@ def _check_member(member, source) -> None:
         raise SpecError(source, f"member {name!r}: path {member['path']!r} must be a non-empty string")
     if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
         raise SpecError(source, f"member {name!r}: weight {weight!r} must be a finite number >= 0")
-    problem = tta_settings_problem(member["hflip_tta"], member["center_crop"])
+    problem = tta_settings_problem(member["hflip_tta"], member["center_crop"]) or cost_settings_problem(member)
     if problem:
         raise SpecError(source, f"member {name!r}: {problem}")
 
@@ -123,6 +131,35 @@ def tta_settings_problem(hflip_tta, center_crop) -> str | None:
         return f"hflip_tta {hflip_tta!r} must be true or false"
     if not _is_number(center_crop) or not 0 < center_crop <= 1:
         return f"center_crop {center_crop!r} must be a number in (0, 1] (1: no crop)"
+    return None
+
+
+def cost_settings(member: Mapping) -> dict:
+    """A member's cost controls, COST_DEFAULTS filling the ones it does not set."""
+    return {key: member.get(key, default) for key, default in COST_DEFAULTS.items()}
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+_COST_CHECKS = {
+    "slice_stride": (_positive_int, "must be an integer >= 1"),
+    "folds": (lambda v: v == ALL_FOLDS or (isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                               and i >= 0 for i in v)),
+              f"must be {ALL_FOLDS!r} or a non-empty list of fold indices"),
+    "batch_size": (lambda v: v is None or _positive_int(v), "must be an integer >= 1 or null"),
+    "precision": (lambda v: str(v) in PRECISIONS, f"must be one of {list(PRECISIONS)}"),
+    "channels_last": (lambda v: isinstance(v, bool), "must be true or false"),
+}
+
+
+def cost_settings_problem(member: Mapping) -> str | None:
+    """Why a member's cost controls are invalid, or None when they are valid (absent ones are defaults)."""
+    for key, value in cost_settings(member).items():
+        valid, rule = _COST_CHECKS[key]
+        if not valid(value):
+            return f"{key} {value!r} {rule}"
     return None
 
 

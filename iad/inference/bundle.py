@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from iad.contract import BUNDLE_FILE, BUNDLE_MEMBERS_DIR, MODEL_FILE_SUFFIX, fold_name
@@ -15,7 +16,7 @@ def export_bundle(predictor: Predictor, out_dir: str | Path) -> Path:
     The bundle needs neither the training outputs nor the repository's `conf/`: each model file holds
     its resolved config and input settings.
     """
-    from iad.ensembling.spec import make_spec, write_spec
+    from iad.ensembling.spec import ALL_FOLDS, make_spec, write_spec
 
     out_dir = Path(out_dir)
     members = []
@@ -29,6 +30,7 @@ def export_bundle(predictor: Predictor, out_dir: str | Path) -> Path:
         # Written explicitly (not "as recorded") so the bundle says exactly what it runs.
         crop = member.center_crop if member.center_crop is not None else member.models[0].input_spec.val_center_crop
         members.append({"name": member.name, "path": f"{BUNDLE_MEMBERS_DIR}/{member.name}", "weight": member.weight,
-                        "hflip_tta": member.hflip, "center_crop": crop})
+                        "hflip_tta": member.hflip, "center_crop": crop, **asdict(member.cost),
+                        "folds": ALL_FOLDS})  # only the folds it runs are exported
     write_spec(make_spec(members, oof={}), out_dir / BUNDLE_FILE)
     return out_dir

@@ -41,7 +41,8 @@ _predictor: Predictor | None = None
 
 
 def warmup() -> Predictor:
-    """Load the model from `$IAD_MODEL` now (raises naming the path when it is missing or unreadable)."""
+    """Load the model from `$IAD_MODEL` and start the decode pool now (raises naming the path when it is
+    missing or unreadable)."""
     global _predictor
     if _predictor is None:
         path = os.environ.get(MODEL_ENV)
@@ -52,6 +53,7 @@ def warmup() -> Predictor:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         budget = float(os.environ.get(TIME_BUDGET_ENV, DEFAULT_TIME_BUDGET_S))
         _predictor = Predictor.load(path, device=device, time_budget_s=budget)
+        _predictor.warm_read_pool()
     return _predictor
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+import itertools
 import logging
 from pathlib import Path
 import time
@@ -12,7 +15,9 @@ import torch
 
 from iad.contract import BUNDLE_FILE
 from iad.data.crops import FULL_BOX, center_crop, head_box
-from iad.dicom import ReadLimits, SeriesTimeout, scan_series
+from iad.dicom import ReadLimits, SeriesTimeout, resolve_workers, scan_series, warm_pool
+from iad.dicom.decode_pool import DEFAULT_POOL
+from iad.ensembling.spec import ALL_FOLDS, cost_settings, cost_settings_problem
 from iad.inference.loading import LoadedModel, checkpoints_in, load_model
 from iad.labels import FLIP_PERM, LABEL_COLS
 from iad.models.aggregation import aggregate_series
@@ -22,6 +27,26 @@ from iad.preprocessing.normalize import PreprocessConfig
 log = logging.getLogger(__name__)
 
 TIMING_STAGES = ("read", "preprocess", "model", "aggregate")
+# autocast dtype per precision setting (None: plain float32); the spec's PRECISIONS
+AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class CostControls:
+    """What a member spends per series: every `slice_stride`-th slice scored (max-aggregated as usual),
+    `batch_size` slices per forward pass (None: the predictor's), autocast `precision`, and
+    channels-last memory format (CUDA only). Which folds run is chosen when loading."""
+
+    slice_stride: int = 1
+    batch_size: int | None = None
+    precision: str = "32"
+    channels_last: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> CostControls:
+        """From a spec member's (or an override's) keys; unknown keys such as `folds` are ignored."""
+        controls = cls(**{key: settings[key] for key in cls.__dataclass_fields__ if key in settings})
+        return replace(controls, precision=str(controls.precision))  # `precision=32` from YAML is an int
 
 
 @dataclass
@@ -33,6 +58,7 @@ class LoadedMember:
     models: list[LoadedModel]
     hflip: bool = False
     center_crop: float | None = None  # None: the ratio the models were validated with
+    cost: CostControls = field(default_factory=CostControls)
 
 
 @dataclass
@@ -61,38 +87,62 @@ class Predictor:
     """Loads models once; `predict(series_dir)` reads, normalises, crops, batches, aggregates, blends."""
 
     def __init__(self, members: list[LoadedMember], batch_size: int = 64, device: str = "cpu",
-                 time_budget_s: float | None = None, max_series_mb: float | None = None):
+                 time_budget_s: float | None = None, max_series_mb: float | None = None,
+                 read_workers: int | None = None, read_pool: str = DEFAULT_POOL):
+        """`read_workers` decode a series' compressed files (None: every core, 0/1: serial); each model
+        runs on the device its weights are on (`device` for models loaded elsewhere)."""
         total = sum(m.weight for m in members)
         if not members or total <= 0:
             raise ValueError("a predictor needs at least one member with positive weight")
-        self.members = [LoadedMember(m.name, m.weight / total, m.models, m.hflip, m.center_crop) for m in members]
+        self.members = [replace(m, weight=m.weight / total) for m in members]
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.time_budget_s = time_budget_s
-        self.max_series_bytes = ReadLimits().max_series_bytes if max_series_mb is None else int(max_series_mb * 2**20)
+        max_bytes = ReadLimits().max_series_bytes if max_series_mb is None else int(max_series_mb * 2**20)
+        self.max_series_bytes = max_bytes
+        self.read_limits = ReadLimits(max_bytes, workers=resolve_workers(read_workers), pool=read_pool)
+        for member in self.members:
+            for model in member.models:
+                if member.cost.channels_last and model_device(model).type == "cuda":
+                    model.net.to(memory_format=torch.channels_last)
         self.prevalence = np.mean([model.input_spec.label_prevalence for m in self.members for model in m.models], axis=0)
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 64, hflip: bool | None = None,
              center_crop: float | None = None, time_budget_s: float | None = None,
-             max_series_mb: float | None = None) -> Predictor:
+             max_series_mb: float | None = None, cost: Mapping | None = None,
+             devices: list[str] | None = None, read_workers: int | None = None,
+             read_pool: str = DEFAULT_POOL) -> Predictor:
         """From an ensemble spec (.json), a bundle folder, a sweep folder, a run folder or a checkpoint.
 
-        `hflip` / `center_crop` override every member's test-time settings when given.
+        `hflip` / `center_crop` override every member's test-time settings when given, and the
+        non-null entries of `cost` (COST_DEFAULTS keys: slice_stride, folds, batch_size, precision,
+        channels_last) its cost controls. `devices` (default [device]) spreads the fold models of
+        every member over several devices, round-robin.
         """
         path = Path(path)
+        overrides = {key: value for key, value in (cost or {}).items() if value is not None}
+        problem = cost_settings_problem(overrides)
+        if problem:
+            raise ValueError(f"cost override: {problem}")
+        placement = _round_robin(devices or [device])
         if path.is_dir() and (path / BUNDLE_FILE).exists():
-            members = _members_from_spec(path / BUNDLE_FILE, device)
+            members = _members_from_spec(path / BUNDLE_FILE, placement, overrides)
         elif path.suffix == ".json":
-            members = _members_from_spec(path, device)
+            members = _members_from_spec(path, placement, overrides)
         else:
-            members = [LoadedMember(path.name, 1.0, [load_model(p, device) for p in checkpoints_in(path)])]
+            members = [_load_member(path.name, 1.0, checkpoints_in(path), placement, overrides)]
         for member in members:
             member.hflip = member.hflip if hflip is None else hflip
             member.center_crop = member.center_crop if center_crop is None else center_crop
         return cls(members, batch_size=batch_size, device=device, time_budget_s=time_budget_s,
-                   max_series_mb=max_series_mb)
+                   max_series_mb=max_series_mb, read_workers=read_workers, read_pool=read_pool)
+
+    def warm_read_pool(self) -> None:
+        """Start the decode pool's workers now, so that the first compressed series does not pay for it."""
+        if self.read_limits.workers > 1:
+            warm_pool(self.read_limits.pool, self.read_limits.workers)
 
     # ---- prediction --------------------------------------------------------------------------
     def predict(self, series_dir: str | Path) -> dict[str, float]:
@@ -114,7 +164,7 @@ class Predictor:
         timings = Timings()
         deadline = None if self.time_budget_s is None else time.perf_counter() + self.time_budget_s
         start = time.perf_counter()
-        stored = read_stored(scan_series(series_dir, ReadLimits(self.max_series_bytes, deadline)))
+        stored = read_stored(scan_series(series_dir, replace(self.read_limits, deadline=deadline)))
         timings.read = time.perf_counter() - start
         volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -129,12 +179,17 @@ class Predictor:
 
     def predict_volume(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str) -> dict[str, float]:
         """Probabilities from an already normalised (e.g. cached) volume; every model must share its preprocessing."""
+        return self.predict_volume_with_timings(volume, mean_image, preprocess_key).probabilities
+
+    def predict_volume_with_timings(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str) -> Prediction:
+        """`predict_volume` with the model and aggregate timings."""
         def volume_for(config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
             if config.key != preprocess_key:
                 raise ValueError(f"volume preprocessed with {preprocess_key}, a model expects {config.key}")
             return volume, mean_image
 
-        return self._blend(volume_for, Timings(), None)
+        timings = Timings()
+        return Prediction(self._blend(volume_for, timings, None), timings)
 
     def _blend(self, volume_for, timings: Timings, deadline: float | None) -> dict[str, float]:
         stacks: dict[tuple, torch.Tensor] = {}  # the fold models of a member usually share one input
@@ -142,12 +197,13 @@ class Predictor:
         def input_for(model: LoadedModel, member: LoadedMember) -> torch.Tensor:
             spec = model.input_spec
             ratio = spec.val_center_crop if member.center_crop is None else member.center_crop
-            key = (spec.preprocess.key, spec.slice_input, spec.head_crop, ratio)
+            stride = member.cost.slice_stride
+            key = (spec.preprocess.key, spec.slice_input, spec.head_crop, ratio, stride)
             if key not in stacks:
                 pixels, mean_image = volume_for(spec.preprocess)
                 start = time.perf_counter()
                 box = center_crop(head_box(mean_image) if spec.head_crop else FULL_BOX, ratio)
-                stacks[key] = torch.stack([model.slice_input(pixels, z, box) for z in range(pixels.shape[0])])
+                stacks[key] = torch.stack([model.slice_input(pixels, z, box) for z in range(0, pixels.shape[0], stride)])
                 timings.model += time.perf_counter() - start
             return stacks[key]
 
@@ -166,9 +222,14 @@ class Predictor:
         """Series probabilities of one model from its uint8 slice inputs (Z×C×H×W)."""
         start = time.perf_counter()
         slice_probs = []
-        for batch in stack.split(self.batch_size):
-            images = model.slice_input.normalize(batch.to(self.device))
-            slice_probs.append(self._tta_probabilities(model, images, member.hflip))
+        device, cost = model_device(model), member.cost
+        channels_last = cost.channels_last and device.type == "cuda"
+        for batch in stack.split(cost.batch_size or self.batch_size):
+            images = model.slice_input.normalize(batch.to(device))
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(cost.precision, device):
+                slice_probs.append(self._tta_probabilities(model, images, member.hflip))
             _check_deadline(deadline)
         timings.model += time.perf_counter() - start
         start = time.perf_counter()
@@ -192,7 +253,41 @@ def _check_deadline(deadline: float | None) -> None:
         raise SeriesTimeout("per-series time budget exceeded")
 
 
-def _members_from_spec(spec_path: Path, device: str) -> list[LoadedMember]:
+def model_device(model: LoadedModel) -> torch.device:
+    """The device a model's weights are on."""
+    return next(model.net.parameters()).device
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a precision setting ("32": none)."""
+    dtype = AUTOCAST_DTYPES[str(precision)]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _round_robin(devices: list[str]):
+    """A function giving the next device of `devices` on each call."""
+    cycle = itertools.cycle(devices)
+    return lambda: next(cycle)
+
+
+def select_folds(checkpoints: list[Path], folds, name: str) -> list[Path]:
+    """The checkpoints of `folds` ("all" or indices into the member's fold list)."""
+    if folds in (None, ALL_FOLDS):
+        return checkpoints
+    missing = [index for index in folds if not 0 <= index < len(checkpoints)]
+    if missing:
+        raise ValueError(f"member {name}: folds {missing} not among its {len(checkpoints)} fold models")
+    return [checkpoints[index] for index in folds]
+
+
+def _load_member(name: str, weight: float, checkpoints: list[Path], placement, settings: Mapping,
+                 **tta) -> LoadedMember:
+    chosen = select_folds(checkpoints, settings.get("folds"), name)
+    return LoadedMember(name, weight, [load_model(p, placement()) for p in chosen], **tta,
+                        cost=CostControls.from_settings(settings))
+
+
+def _members_from_spec(spec_path: Path, placement, overrides: Mapping) -> list[LoadedMember]:
     from iad.ensembling.spec import read_spec
 
     spec = read_spec(spec_path)
@@ -201,8 +296,9 @@ def _members_from_spec(spec_path: Path, device: str) -> list[LoadedMember]:
         path = Path(item["path"])
         if not path.is_absolute():
             path = spec_path.parent / path
-        members.append(LoadedMember(item["name"], float(item["weight"]), [load_model(p, device) for p in checkpoints_in(path)],
-                              hflip=bool(item.get("hflip_tta", False)), center_crop=item.get("center_crop")))
+        members.append(_load_member(item["name"], float(item["weight"]), checkpoints_in(path), placement,
+                                    {**cost_settings(item), **overrides}, hflip=bool(item.get("hflip_tta", False)),
+                                    center_crop=item.get("center_crop")))
     return members
 
 

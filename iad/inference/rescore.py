@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +14,20 @@ from iad.datasets import DatasetSource
 from iad.evaluation.oof import make_oof, score_oof
 from iad.folds import FOLD_COL, attach_folds, read_folds
 from iad.inference.loading import checkpoints_in, load_model
-from iad.inference.predictor import LoadedMember, Predictor
+from iad.inference.predictor import CostControls, LoadedMember, Predictor
 from iad.labels import LABEL_COLS, UID_COL, read_series_labels
 from iad.preprocessing import SeriesCache
 from iad.utils.io import write_csv_atomic
 
+OOF_COST_KEYS = ("slice_stride", "precision")  # the controls that can change a score (batch size, layout cannot)
 
-def oof_tag(hflip: bool, center_crop: float | None) -> str:
+
+def oof_tag(hflip: bool, center_crop: float | None, cost: CostControls | None = None) -> str:
+    """The file tag of a re-scoring: crop, flip, and the cost controls that differ from the defaults."""
     crop = "val" if center_crop is None else f"{center_crop:g}"
-    return f"crop{crop}{'_hflip' if hflip else ''}"
+    changed = {k: v for k, v in asdict(cost or CostControls()).items()
+               if v != getattr(CostControls(), k) and k in OOF_COST_KEYS}
+    return f"crop{crop}{'_hflip' if hflip else ''}" + "".join(f"_{k}{v}" for k, v in changed.items())
 
 
 def _held_out(config: dict) -> tuple[DatasetSource, pd.DataFrame]:
@@ -30,12 +37,16 @@ def _held_out(config: dict) -> tuple[DatasetSource, pd.DataFrame]:
 
 
 def rescore_sweep(sweep_dir: str | Path, hflip: bool = False, center_crop: float | None = None,
-                  batch_size: int = 64, device: str = "cpu") -> tuple[pd.DataFrame, dict, Path]:
+                  batch_size: int = 64, device: str = "cpu", cost: Mapping | None = None) -> tuple[pd.DataFrame, dict, Path]:
     """New `<sweep>/oof_<tag>.csv` from every fold's best checkpoint; returns (oof, report, path).
 
+    `cost` holds the cost controls to measure (slice_stride, precision, ...; null entries keep the
+    defaults); the report's `model_s_per_series` is the mean model time per held-out series.
     Held-out volumes come from the training cache when it is there (same preprocessing key), else
     from the DICOM folders.
     """
+    controls = CostControls.from_settings({k: v for k, v in (cost or {}).items() if v is not None})
+    model_seconds = 0.0
     sweep_dir = Path(sweep_dir)
     frames = []
     for run in fold_runs(sweep_dir):
@@ -47,19 +58,21 @@ def rescore_sweep(sweep_dir: str | Path, hflip: bool = False, center_crop: float
         source, held = _held_out(model.config)
         preprocess = model.input_spec.preprocess
         cache = SeriesCache(model.config["paths"]["cache_dir"], preprocess)
-        predictor = Predictor([LoadedMember(run.name, 1.0, [model], hflip, center_crop)], batch_size=batch_size,
-                              device=device)
+        predictor = Predictor([LoadedMember(run.name, 1.0, [model], hflip, center_crop, controls)],
+                              batch_size=batch_size, device=device)
         preds = []
         for uid in held[UID_COL]:
             if cache.has(uid):
-                probs = predictor.predict_volume(cache.volume(uid), cache.mean_image(uid), preprocess.key)
+                timed = predictor.predict_volume_with_timings(cache.volume(uid), cache.mean_image(uid), preprocess.key)
             else:
-                probs = predictor.predict(Path(source.series_dir) / uid)
+                timed = predictor.predict_with_timings(Path(source.series_dir) / uid)
+            probs = timed.probabilities
+            model_seconds += timed.timings.model + timed.timings.aggregate
             preds.append([probs[c] for c in LABEL_COLS])
         frames.append(make_oof(held, np.asarray(preds)))
     if not frames:
         raise FileNotFoundError(f"no fold checkpoint under {sweep_dir}")
     oof = pd.concat(frames, ignore_index=True)
-    path = sweep_dir / f"oof_{oof_tag(hflip, center_crop)}.csv"
+    path = sweep_dir / f"oof_{oof_tag(hflip, center_crop, controls)}.csv"
     write_csv_atomic(oof, path, index=False)
-    return oof, score_oof(oof), path
+    return oof, {**score_oof(oof), "model_s_per_series": model_seconds / len(oof)}, path

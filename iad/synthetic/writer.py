@@ -8,13 +8,15 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.encoders import JPEG2000LosslessEncoder, RLELosslessEncoder
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, RLELossless, generate_uid
 
 from iad.synthetic.modalities import CT_RESCALE_INTERCEPT, MR_BITS_STORED
 from iad.synthetic.plan import SeriesPlan
 
 AXIAL_ORIENTATION = ("1", "0", "0", "0", "1", "0")
 MANUFACTURER = "IAD synthetic phantom"
+# transfer syntax → GDCM's name for it, for `transcode`
+GDCM_SYNTAXES = {JPEGLosslessSV1: "JPEGLosslessProcess14_1", JPEG2000Lossless: "JPEG2000Lossless"}
 CODECS = {"RLE": (RLELossless, RLELosslessEncoder), "J2K": (JPEG2000Lossless, JPEG2000LosslessEncoder)}
 MR_WINDOW_PERCENTILES = (0.5, 99.5)
 
@@ -160,3 +162,60 @@ def write_series(plan: SeriesPlan, volume: np.ndarray, folder: Path) -> None:
         if codec is not None:
             ds.compress(CODECS[codec][0], generate_instance_uid=False)
         ds.save_as(folder / name, enforce_file_format=True)
+
+
+def transcode(source: Path, target: Path, syntax: str) -> None:
+    """Rewrite one DICOM file's pixels in transfer syntax `syntax` with GDCM (pydicom 3 cannot encode
+    JPEG lossless); raises KeyError for a syntax not in GDCM_SYNTAXES, RuntimeError when GDCM fails."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, GDCM_SYNTAXES[syntax])))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM cannot read {source}")
+    change.SetInput(reader.GetImage())
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetFileName(str(target))
+    if not change.Change():
+        raise RuntimeError(f"GDCM cannot encode {source} as {syntax}")
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM cannot write {target}")
+
+
+def write_ct_phantom(folder: Path, n_slices: int, size: int) -> list[Path]:
+    """An uncompressed axial CT series (a head-sized ellipse of 40 HU in air, slight noise), stored int16;
+    the benchmarks' and `mode=cost`'s representative series."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    head = ((xx - size / 2) ** 2 / (0.4 * size) ** 2 + (yy - size / 2) ** 2 / (0.45 * size) ** 2) < 1
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for z in range(n_slices):
+        hu = np.where(head, 40, -1000) + rng.normal(0, 10, (size, size))
+        stored = np.clip(hu + 1024, -32768, 32767).astype(np.int16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality, ds.ImageType, ds.InstanceNumber = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"], z + 1
+        ds.ImagePositionPatient = [-125.0, -125.0, round(z * 0.5, 4)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.488281, 0.488281], 0.5
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = stored.tobytes()
+        path = folder / f"{generate_uid()}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
