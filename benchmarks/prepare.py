@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 import shutil
-import statistics
 import tempfile
-import time
 import tracemalloc
 
 import cv2
@@ -26,6 +24,7 @@ import pydicom
 
 from iad.preprocessing import PreprocessConfig, cache_series
 from iad.synthetic.writer import write_ct_phantom
+from iad.utils.timing import median_seconds
 
 WORK = Path(__file__).resolve().parent / "_work"
 
@@ -68,15 +67,6 @@ def ct_series(slices: int, size: int) -> list[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         paths = write_ct_phantom(folder, slices, size)
     return paths
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import argparse
 import shutil
 
 import numpy as np
-from prepare import WORK, ct_series, median_seconds
+from prepare import WORK, ct_series
 import pydicom
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
 
@@ -23,6 +23,7 @@ from iad.dicom import POOL_KINDS, ReadLimits, resolve_workers, scan_series, warm
 from iad.dicom.decode_pool import DEFAULT_POOL
 from iad.preprocessing.cache import read_stored
 from iad.synthetic.writer import transcode
+from iad.utils.timing import median_seconds
 
 SYNTAXES = {"JPEG lossless": JPEGLosslessSV1, "JPEG 2000": JPEG2000Lossless}
 GOAL_SPEEDUP = 3.0  # the goal on 4 cores

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-import statistics
 import tempfile
-import time
 
 from iad.dicom import scan_series
 from iad.inference.predictor import LoadedMember, Predictor
 from iad.preprocessing.cache import normalised_volume, read_stored
+from iad.utils.timing import median_seconds
 
 COST_FILE = "cost.json"
 HIDDEN_TEST_SERIES = 2500  # about the competition's hidden test set
@@ -60,21 +59,11 @@ class CostTable:
         return "\n".join(lines)
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: lazy initialisation, caches, the decode pool
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _member_seconds(predictor: Predictor, member: LoadedMember, volumes: dict, repeats: int) -> float:
     """Seconds of one member's input crops, forward passes and aggregation (its own cost controls)."""
     single = Predictor([replace(member, weight=1.0)], batch_size=predictor.batch_size, device=str(predictor.device))
     key = member.models[0].input_spec.preprocess.key
-    return _median_time(lambda: single.predict_volume(*volumes[key], key), repeats)
+    return median_seconds(lambda: single.predict_volume(*volumes[key], key), repeats, warmup=True)
 
 
 def measure_cost(predictor: Predictor, series_dir: str | Path, repeats: int = 3) -> CostTable:
@@ -82,10 +71,11 @@ def measure_cost(predictor: Predictor, series_dir: str | Path, repeats: int = 3)
     predictor.warm_read_pool()
     stored = read_stored(scan_series(series_dir, predictor.read_limits))
     table = CostTable(str(series_dir), len(stored.slices))
-    table.stages["read"] = _median_time(lambda: read_stored(scan_series(series_dir, predictor.read_limits)), repeats)
+    read = lambda: read_stored(scan_series(series_dir, predictor.read_limits))  # noqa: E731
+    table.stages["read"] = median_seconds(read, repeats, warmup=True)
     configs = {model.input_spec.preprocess.key: model.input_spec.preprocess
                for member in predictor.members for model in member.models}
-    table.stages["preprocess"] = sum(_median_time(lambda c=config: normalised_volume(stored, c), repeats)
+    table.stages["preprocess"] = sum(median_seconds(lambda c=config: normalised_volume(stored, c), repeats, warmup=True)
                                      for config in configs.values())
     volumes = {key: normalised_volume(stored, config) for key, config in configs.items()}
     for member in predictor.members:
