@@ -72,6 +72,22 @@ def last_checkpoint(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CKPT
 
 
+def checkpoints_in(path: str | Path) -> list[Path]:
+    """Fold checkpoints a path stands for: a checkpoint/model file, a run folder, or a sweep folder."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if best_checkpoint(path).exists():
+        return [best_checkpoint(path)]
+    folds = [best_checkpoint(run) for run in fold_runs(path) if best_checkpoint(run).exists()]
+    if folds:
+        return folds
+    exported = sorted(path.glob(f"*{MODEL_FILE_SUFFIX}"))
+    if exported:
+        return exported
+    raise FileNotFoundError(f"no checkpoint in {path} (expected a model file, {best_checkpoint('.')} or fold_*/)")
+
+
 class ContractError(ValueError):
     """A checkpoint, model file or run folder does not hold what the contract says."""
 

@@ -381,17 +381,16 @@ def check_disk(ctx: Context) -> list[Problem]:
 
 # ---- predict and ensemble inputs ----------------------------------------------------------------------
 def checkpoint_problem(key: str, path: Path) -> Problem | None:
-    """Whether a path holds what `iad.inference.loading.checkpoints_in` loads (without loading it)."""
-    from iad.contract import MODEL_FILE_SUFFIX, best_checkpoint, fold_runs
+    """Whether a path holds the checkpoints inference loads (`iad.contract.checkpoints_in`), without loading them."""
+    from iad.contract import checkpoints_in
 
-    if path.is_file():
-        return None
-    if not path.is_dir():
+    if not path.exists():
         return Problem(key, str(path), "does not exist")
-    if best_checkpoint(path).exists() or any(best_checkpoint(run).exists() for run in fold_runs(path)) \
-            or any(path.glob(f"*{MODEL_FILE_SUFFIX}")):
-        return None
-    return Problem(key, str(path), f"holds no checkpoint (expected a model file, {best_checkpoint('.')} or fold_*/)")
+    try:
+        checkpoints_in(path)
+    except FileNotFoundError as err:
+        return Problem(key, str(path), str(err).replace(f"no checkpoint in {path}", "holds no checkpoint"))
+    return None
 
 
 def spec_problems(key: str, spec_path: Path) -> list[Problem]:
@@ -491,7 +490,7 @@ def plan_lines(ctx: Context) -> list[str]:
     return lines + [f"{name}: {value}" for name, value in ctx.facts.items()]
 
 
-def format_report(ctx: Context, results: dict[str, list[Problem]], seconds: float) -> str:
+def format_preflight_report(ctx: Context, results: dict[str, list[Problem]], seconds: float) -> str:
     lines = [f"preflight ({ctx.entry}): {len(results)} checks in {seconds:.2f} s"]
     for name, problems in results.items():
         if not problems:
@@ -509,7 +508,7 @@ def preflight(cfg: DictConfig, entry: str) -> bool:
     seconds = time.perf_counter() - start
     problems = [p for found in results.values() for p in found]
     if only:
-        print(format_report(ctx, results, seconds), flush=True)
+        print(format_preflight_report(ctx, results, seconds), flush=True)
     else:
         for note in (p for p in problems if not p.fatal):
             log.warning("preflight: %s", note)

@@ -22,15 +22,13 @@ from iad.contract import (
     FORMAT_KEY,
     INPUT_KEY,
     MODEL_FILE_FORMAT,
-    MODEL_FILE_SUFFIX,
     MODEL_KEY,
     STATE_DICT_KEY,
     WEIGHTS_KEY,
     ContractError,
     InputSpec,
     ModelSpec,
-    best_checkpoint,
-    fold_runs,
+    checkpoints_in,  # noqa: F401 - the loaders' callers import it from here
 )
 from iad.data.inputs import SliceInput
 from iad.models.nets import build_net, net_family
@@ -117,19 +115,3 @@ def export_model(model: LoadedModel, path: str | Path) -> None:
     }
     with atomic_write(path, "wb") as fh:
         torch.save(blob, fh)
-
-
-def checkpoints_in(path: str | Path) -> list[Path]:
-    """Fold checkpoints a path stands for: a checkpoint/model file, a run folder, or a sweep folder."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if best_checkpoint(path).exists():
-        return [best_checkpoint(path)]
-    folds = [best_checkpoint(run) for run in fold_runs(path) if best_checkpoint(run).exists()]
-    if folds:
-        return folds
-    exported = sorted(path.glob(f"*{MODEL_FILE_SUFFIX}"))
-    if exported:
-        return exported
-    raise FileNotFoundError(f"no checkpoint in {path} (expected a model file, {best_checkpoint('.')} or fold_*/)")

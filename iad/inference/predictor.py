@@ -99,7 +99,6 @@ class Predictor:
         self.device = torch.device(device)
         self.time_budget_s = time_budget_s
         max_bytes = ReadLimits().max_series_bytes if max_series_mb is None else int(max_series_mb * 2**20)
-        self.max_series_bytes = max_bytes
         self.read_limits = ReadLimits(max_bytes, workers=resolve_workers(read_workers), pool=read_pool)
         for member in self.members:
             for model in member.models:
