@@ -42,6 +42,12 @@ BUNDLE_MEMBERS_DIR = "members"
 MODEL_FILE_SUFFIX = ".pt"
 MODEL_FILE_FORMAT = "iad-model/2"
 
+# ---- a detector run (exp0 aneurysm, exp1 brain): ultralytics' own weights (resume) + a weights-only export
+DETECTOR_FILE = "detector.pt"       # <run>/checkpoints/detector.pt: what inference, bundles and crop tables load
+DETECTOR_FORMAT = "iad-detector/1"
+DETECTIONS_FILE = "detections.csv"  # a fold's out-of-fold detections; in a sweep folder, all folds merged
+DETECTOR_IMAGES = ("slices", "mean")  # what a detector looks at: 2.5D slice stacks, or the series' mean image
+
 # ---- checkpoint and model-file keys --------------------------------------------------------------
 FORMAT_KEY = "format"
 CONFIG_KEY = "iad_config"    # the resolved run config (a plain dict)
@@ -50,6 +56,7 @@ INPUT_KEY = "iad_input"      # InputSpec.to_dict()
 WEIGHTS_KEY = "iad_weights"  # state_dict prefix of the inference weights ("net.", "ema.module.", or "")
 VARIANT_KEY = "iad_best_variant"  # "raw" or "ema": which weights validation preferred
 STATE_DICT_KEY = "state_dict"
+DETECTOR_KEY = "iad_detector"  # DetectorSpec.to_dict()
 
 
 def fold_name(fold) -> str:
@@ -70,6 +77,11 @@ def best_checkpoint(run_dir: str | Path) -> Path:
 def last_checkpoint(run_dir: str | Path) -> Path:
     """Where a run keeps the checkpoint it resumes from."""
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CKPT
+
+
+def detector_file(run_dir: str | Path) -> Path:
+    """Where a detector run keeps its weights-only export."""
+    return Path(run_dir) / CHECKPOINT_DIR / DETECTOR_FILE
 
 
 def checkpoints_in(path: str | Path) -> list[Path]:
@@ -188,3 +200,43 @@ class InputSpec:
         """Raise when the model was trained with another label order than this code uses."""
         if list(self.label_cols) != list(LABEL_COLS):
             raise ContractError(f"{source}: trained with another label order ({list(self.label_cols)[:2]}...)")
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What a detector looks at and what it finds; written by training into `detector.pt`.
+
+    task: "aneurysm" (exp0) or "brain" (exp1).
+    classes: class names in index order (`iad.boxes.ANEURYSM_CLASSES` / `BRAIN_CLASSES`).
+    imgsz: ultralytics' (letterboxed) input size.
+    image: one of DETECTOR_IMAGES: "slices" = cache slices z + offsets as channels (the classifiers'
+        2.5D stacking), "mean" = the series' cached mean image in every channel.
+    preprocess: the cache the images come from.
+    """
+
+    task: str
+    classes: tuple[str, ...]
+    imgsz: int
+    image: str
+    preprocess: PreprocessConfig
+    offsets: tuple[int, ...] = (-1, 0, 1)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "offsets", tuple(int(o) for o in self.offsets))
+        object.__setattr__(self, "imgsz", int(self.imgsz))
+        if self.image not in DETECTOR_IMAGES:
+            raise ContractError(f"detector image {self.image!r}: expected one of {DETECTOR_IMAGES}")
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "classes": list(self.classes), "imgsz": self.imgsz, "image": self.image,
+                "preprocess": self.preprocess.to_dict(), "offsets": list(self.offsets)}
+
+    @classmethod
+    def from_dict(cls, blob: Mapping, source: str = "detector spec") -> DetectorSpec:
+        blob = dict(blob)
+        try:
+            blob["preprocess"] = PreprocessConfig(**blob["preprocess"])
+        except (KeyError, TypeError) as err:
+            raise ContractError(f"{source}: bad preprocess ({err})") from err
+        return _from_mapping(cls, blob, source)
