@@ -10,7 +10,7 @@ The box archive (`seed_box_annotations.tar.gz`, or the folder it extracts to) ho
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 import os
 from pathlib import Path, PurePosixPath
@@ -60,6 +60,30 @@ def parse_labelimg_xml(content: str | bytes, source: str = "<xml>") -> list[Box]
         coords = [_number(obj, f"bndbox/{key}", source, float) for key in BOX_COLS]
         boxes.append(Box(*coords, cls=cls, width=width, height=height))
     return boxes
+
+
+def labelimg_xml(filename: str, width: int, height: int, boxes: Sequence[Box] = ()) -> str:
+    """One LabelImg XML document (the layout of the reference archive) for an image of `width` x `height`.
+
+    Integral coordinates are written as integers, as LabelImg does; `parse_labelimg_xml` reads it back.
+    """
+    root = ET.Element("annotation")
+    for tag, text in (("folder", "unknown"), ("filename", filename)):
+        ET.SubElement(root, tag).text = text
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(int(value))
+    ET.SubElement(root, "segmented").text = "0"
+    for box in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = box.cls
+        ET.SubElement(obj, "difficult").text = "0"
+        bndbox = ET.SubElement(obj, "bndbox")
+        for key in BOX_COLS:
+            value = float(getattr(box, key))
+            ET.SubElement(bndbox, key).text = str(int(value)) if value.is_integer() else repr(value)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 def read_aneurysm_boxes(archive_or_dir: str | os.PathLike) -> pd.DataFrame:
