@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -232,3 +233,23 @@ def test_real_brain_boxes(brain_boxes, archive_members, rsna_tables):
     labels = read_series_labels(rsna_tables / "train.csv")
     assert set(labels[UID_COL]) - set(brain_boxes[UID_COL]) == NO_BRAIN_BOX
     assert set(brain_boxes[UID_COL]) <= set(labels[UID_COL])
+
+
+@pytest.mark.shared
+def test_real_wide_and_multi_frame_boxes_map_into_a_square_cache(aneurysm_boxes):
+    """Images wider than 512 (up to 1024 here) and `_<frame>` files map like any other: nothing assumes 512."""
+    wide = aneurysm_boxes["width"] > 512
+    assert wide.sum() > 0 and aneurysm_boxes.loc[wide, "xmax"].max() > 512
+    assert aneurysm_boxes["frame"].notna().sum() > 0
+    sizes = aneurysm_boxes.groupby(UID_COL)[["width", "height"]].agg(["min", "max"])
+    assert (sizes[("width", "min")] == sizes[("width", "max")]).all()  # one image size per series
+    size = 384  # a square cache, as PreprocessConfig(image_size=384)
+    geometry = {uid: SeriesGeometry(lambda sop, frame: 0 if frame is None else int(frame), scale_x=size / w, scale_y=size / h)
+                for uid, w, h in zip(sizes.index, sizes[("width", "min")], sizes[("height", "min")])}
+    mapped = map_boxes(aneurysm_boxes, geometry).mapped
+    assert len(mapped) == len(aneurysm_boxes)
+    assert np.allclose(mapped["width"], size) and np.allclose(mapped["height"], size)
+    assert (mapped["xmin"] >= 0).all() and (mapped["xmax"] <= size + 1e-9).all() and (mapped["ymax"] <= size + 1e-9).all()
+    pd.testing.assert_series_equal(mapped["xmax"], aneurysm_boxes["xmax"] * size / aneurysm_boxes["width"], check_names=False)
+    framed = mapped["frame"].notna()
+    assert (mapped.loc[framed, "slice_index"] == mapped.loc[framed, "frame"]).all()
