@@ -116,12 +116,30 @@ def map_boxes(boxes: pd.DataFrame, geometry: Mapping[str, SeriesGeometry]) -> Ca
     space: in the reference archive every localizer lies inside a box drawn on its own slice.
     """
     located = locate_slices(boxes, geometry)
-    rows = located.mapped
+    return located._replace(mapped=_scaled(located.mapped))
+
+
+def map_brain_boxes(boxes: pd.DataFrame, geometry: Mapping[str, SeriesGeometry]) -> CacheMapping:
+    """Place brain boxes (from `read_brain_boxes`) on the cached mean images, scaled as `map_boxes` does.
+
+    Brain boxes are drawn on the mean-over-slices image at the original size; the cache keeps that
+    image at its own size. Series absent from `geometry` go to `missing` with a `reason`.
+    """
+    known = boxes[UID_COL].isin(list(geometry)).to_numpy()
+    hits = boxes[known]
+    series = [geometry[uid] for uid in hits[UID_COL]]
+    mapped = hits.assign(scale_x=[g.scale_x for g in series], scale_y=[g.scale_y for g in series])
+    missing = boxes[~known].assign(reason="series not in the cache")
+    return CacheMapping(mapped=_scaled(mapped).reset_index(drop=True), missing=missing.reset_index(drop=True))
+
+
+def _scaled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Box edges and image size multiplied by the rows' scale_x / scale_y (which are dropped)."""
     scaled = {
         col: rows[col] * rows["scale_x" if col in ("xmin", "xmax", "width") else "scale_y"]
         for col in (*BOX_COLS, "width", "height")
     }
-    return located._replace(mapped=rows.assign(**scaled).drop(columns=["scale_x", "scale_y"]))
+    return rows.assign(**scaled).drop(columns=["scale_x", "scale_y"])
 
 
 def read_brain_boxes(archive_or_dir: str | os.PathLike) -> pd.DataFrame:

@@ -13,7 +13,9 @@ from iad.boxes import (
     ANEURYSM_CLASSES,
     BRAIN_CLASSES,
     Box,
+    labelimg_xml,
     map_boxes,
+    map_brain_boxes,
     parse_labelimg_xml,
     read_aneurysm_boxes,
     read_brain_boxes,
@@ -140,6 +142,24 @@ def test_map_boxes_scales_edges_and_reports_missing():
     assert mapped.loc["a1", ["xmin", "ymin", "xmax", "ymax", "width", "height"]].tolist() == [50, 50, 55, 55, 256, 100]
     assert mapped.loc["b1", ["xmin", "ymin", "xmax", "ymax"]].tolist() == [10, 20, 30, 40]
     assert result.missing[SOP_COL].tolist() == ["a-gone"]
+
+
+def test_map_brain_boxes_scales_to_the_cached_mean_image():
+    boxes = pd.DataFrame({UID_COL: ["a", "b"], "cls": ["brain", "abnormal"], "xmin": [10.0, 0.0], "ymin": [20.0, 0.0],
+                          "xmax": [110.0, 5.0], "ymax": [220.0, 5.0], "width": [512, 64], "height": [400, 64],
+                          "split": ["train", "val"]})
+    result = map_brain_boxes(boxes, {"a": SeriesGeometry(lambda sop, frame: 0, scale_x=0.25, scale_y=0.5)})
+    assert result.mapped[["xmin", "ymin", "xmax", "ymax", "width", "height"]].values.tolist() == [[2.5, 10, 27.5, 110, 128, 200]]
+    assert result.mapped[["cls", "split"]].values.tolist() == [["brain", "train"]]
+    assert result.missing[UID_COL].tolist() == ["b"] and result.missing["reason"].tolist() == ["series not in the cache"]
+
+
+def test_labelimg_xml_round_trips():
+    boxes = [Box(1, 2, 30.5, 40, "aneurysm", 700, 500), Box(0, 0, 700, 500, "aneurysm_mri_t2", 700, 500)]
+    content = labelimg_xml("img_3.png", 700, 500, boxes)
+    assert parse_labelimg_xml(content) == boxes
+    assert "<xmin>1</xmin>" in content and "<xmax>30.5</xmax>" in content  # whole pixels as integers, as LabelImg
+    assert parse_labelimg_xml(labelimg_xml("empty.png", 64, 32)) == []
 
 
 def test_missing_archive_is_a_clear_error(tmp_path):

@@ -17,6 +17,7 @@ from iad.boxes import (
     BRAIN_CLASSES,
     BRAIN_SPLITS,
     map_boxes,
+    map_brain_boxes,
     parse_labelimg_xml,
     read_aneurysm_boxes,
     read_brain_boxes,
@@ -240,6 +241,18 @@ def test_brain_boxes_cover_the_head_on_the_mean_image(brain, series):
         assert inside.mean() > 0.995, uid
         assert (box.xmax - box.xmin) * (box.ymax - box.ymin) < 0.95 * rows * cols, uid  # not the whole image
         assert xs.max() - xs.min() + 1 >= 0.8 * (box.xmax - box.xmin) and ys.max() - ys.min() + 1 >= 0.8 * (box.ymax - box.ymin)
+
+
+def test_brain_boxes_map_onto_the_cached_mean_images(brain, cache, plans):
+    mapped = map_brain_boxes(brain.reset_index(), {uid: cache.meta(uid).geometry for uid in plans})
+    assert mapped.missing.empty and len(mapped.mapped) == len(plans)
+    for box in mapped.mapped.itertuples():
+        mean = cache.mean_image(box.SeriesInstanceUID).astype(float)
+        assert (box.width, box.height) == (mean.shape[1], mean.shape[0])
+        head = mean > mean.min() + 0.25 * (np.percentile(mean, 99) - mean.min())
+        ys, xs = np.nonzero(head)
+        inside = (xs + 0.5 >= box.xmin - 1) & (xs + 0.5 <= box.xmax + 1) & (ys + 0.5 >= box.ymin - 1) & (ys + 0.5 <= box.ymax + 1)
+        assert inside.mean() > 0.99, box.SeriesInstanceUID
 
 
 # --- views ------------------------------------------------------------------------------------------
