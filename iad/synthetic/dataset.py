@@ -184,7 +184,8 @@ def make_dataset(
     """Write `n_series` synthetic series, train.csv, train_localizers.csv, train_kfold.csv and boxes.
 
     Layout: `out_dir/series/<SeriesInstanceUID>/<random hex>.dcm`; `out_dir/boxes/` holds LabelImg
-    aneurysm and brain boxes as the reference's box archive does (`iad.synthetic.annotations`). Series `i` depends only on
+    aneurysm and brain boxes as the reference's box archive does (`iad.synthetic.annotations`),
+    written when missing or made for other settings. Series `i` depends only on
     (seed, i), so a larger `n_series` adds series without changing the first ones; series already on
     disk are kept (each is written to a temporary folder and renamed when complete). `size_range`
     bounds the in-plane image size in pixels; `locations` names the aneurysm location shares

@@ -52,7 +52,7 @@ class Geometry:
     stores other planes (see `iad.synthetic.views`).
     """
 
-    shape: tuple[int, int, int]  # (slices, rows, columns)
+    shape: tuple[int, int, int]  # voxels along z, y, x (axial: slices, rows, columns)
     origin: tuple[float, float, float]  # patient (x, y, z) of voxel (0, 0, 0)'s centre
     spacing: tuple[float, float, float]  # mm per column (x), row (y), slice (z)
 
@@ -267,21 +267,29 @@ def _draw_pose(rng: np.random.Generator) -> Pose:
     )
 
 
-def _draw_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int],
-                   max_slices: int) -> Geometry:
+def _image_size(rng: np.random.Generator, size_range: tuple[int, int],
+                field_of_view: tuple[float, float]) -> tuple[int, int, float]:
+    """Columns, rows (a multiple of 8 within `size_range`, sometimes taller than wide) and square pixel (mm)."""
     lo, hi = size_range
     columns = int(rng.integers(lo // 8, hi // 8 + 1)) * 8
     rows = columns if rng.random() < 0.7 else min(hi, columns + 16 * int(rng.integers(1, 3)))
-    pixel = round(float(rng.uniform(*FIELD_OF_VIEW_MM)) / columns, 4)
+    return columns, rows, round(float(rng.uniform(*field_of_view)) / columns, 4)
 
+
+def _slab(rng: np.random.Generator, style: ModalityStyle, low: float, high: float, max_slices: int) -> tuple[int, float, float]:
+    """Slices, step and first slice's position (mm) of a slab along the slice axis covering [low, high]."""
+    step = round(max(float(rng.uniform(*style.slice_spacing)), (high - low) / (max_slices - 1)), 4)
+    needed = math.ceil((high - low) / step) + 1
+    slices = int(np.clip(max(needed, round(rng.uniform(*SLAB_MM) / step)), SLICES_RANGE[0], max_slices))
+    slack = (slices - 1) * step - (high - low)
+    return slices, step, low - slack / 2 + rng.uniform(-1, 1) * min(slack / 2, SLAB_SHIFT_MM)
+
+
+def _draw_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int],
+                   max_slices: int) -> Geometry:
+    columns, rows, pixel = _image_size(rng, size_range, FIELD_OF_VIEW_MM)
     z_lo, z_hi = (pose.translation[2] + pose.scale * z for z in anatomy.REQUIRED_Z_RANGE)
-    min_slices = SLICES_RANGE[0]
-    step = round(max(float(rng.uniform(*style.slice_spacing)), (z_hi - z_lo) / (max_slices - 1)), 4)
-    needed = math.ceil((z_hi - z_lo) / step) + 1
-    slices = int(np.clip(max(needed, round(rng.uniform(*SLAB_MM) / step)), min_slices, max_slices))
-    slack = (slices - 1) * step - (z_hi - z_lo)
-    z0 = z_lo - slack / 2 + rng.uniform(-1, 1) * min(slack / 2, SLAB_SHIFT_MM)
-
+    slices, step, z0 = _slab(rng, style, z_lo, z_hi, max_slices)
     head_x, head_y, _ = pose.to_patient(np.array(anatomy.HEAD_CENTRE))
     centre_x, centre_y = head_x + rng.uniform(-6, 6), head_y + rng.uniform(-6, 6)
     origin = (centre_x - (columns - 1) / 2 * pixel, centre_y - (rows - 1) / 2 * pixel, z0)
@@ -292,22 +300,13 @@ def _draw_view_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Po
                         max_slices: int, view: View) -> Geometry:
     """The render grid of a coronal or sagittal series: square pixels over the head's height (rows
     along z) and width or depth (columns), slices over a slab that holds every aneurysm location."""
-    lo, hi = size_range
-    columns = int(rng.integers(lo // 8, hi // 8 + 1)) * 8
-    rows = columns if rng.random() < 0.7 else min(hi, columns + 16 * int(rng.integers(1, 3)))
-    pixel = round(float(rng.uniform(*NON_AXIAL_FIELD_OF_VIEW_MM)) / columns, 4)
+    columns, rows, pixel = _image_size(rng, size_range, NON_AXIAL_FIELD_OF_VIEW_MM)
     through, across = 2 - view.axes[0], 2 - view.axes[2]  # patient axes of the slices and of the columns
     ranges = (anatomy.REQUIRED_X_RANGE, anatomy.REQUIRED_Y_RANGE, anatomy.REQUIRED_Z_RANGE)
     along = pose.to_patient(np.array(list(itertools.product(*ranges))))[:, through]  # the required box's corners
-    s_lo, s_hi = float(along.min()), float(along.max())
-    step = round(max(float(rng.uniform(*style.slice_spacing)), (s_hi - s_lo) / (max_slices - 1)), 4)
-    needed = math.ceil((s_hi - s_lo) / step) + 1
-    slices = int(np.clip(max(needed, round(rng.uniform(*SLAB_MM) / step)), SLICES_RANGE[0], max_slices))
-    slack = (slices - 1) * step - (s_hi - s_lo)
+    counts, spacing, origin = [0, 0, 0], [pixel] * 3, [0.0, 0.0, 0.0]  # patient x, y, z
+    counts[through], spacing[through], origin[through] = _slab(rng, style, float(along.min()), float(along.max()), max_slices)
     head = pose.to_patient(np.array(anatomy.HEAD_CENTRE))
-    counts, spacing, origin = [0, 0, 0], [pixel] * 3, [0.0, 0.0, 0.0]
-    counts[through], spacing[through] = slices, step
-    origin[through] = s_lo - slack / 2 + rng.uniform(-1, 1) * min(slack / 2, SLAB_SHIFT_MM)
     for axis, n in ((across, columns), (2, rows)):
         counts[axis] = n
         origin[axis] = head[axis] + rng.uniform(-6, 6) - (n - 1) / 2 * pixel
