@@ -10,7 +10,7 @@ The box archive (`seed_box_annotations.tar.gz`, or the folder it extracts to) ho
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 import os
 from pathlib import Path, PurePosixPath
@@ -62,6 +62,30 @@ def parse_labelimg_xml(content: str | bytes, source: str = "<xml>") -> list[Box]
     return boxes
 
 
+def labelimg_xml(filename: str, width: int, height: int, boxes: Sequence[Box] = ()) -> str:
+    """One LabelImg XML document (the layout of the reference archive) for an image of `width` x `height`.
+
+    Integral coordinates are written as integers, as LabelImg does; `parse_labelimg_xml` reads it back.
+    """
+    root = ET.Element("annotation")
+    for tag, text in (("folder", "unknown"), ("filename", filename)):
+        ET.SubElement(root, tag).text = text
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(int(value))
+    ET.SubElement(root, "segmented").text = "0"
+    for box in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = box.cls
+        ET.SubElement(obj, "difficult").text = "0"
+        bndbox = ET.SubElement(obj, "bndbox")
+        for key in BOX_COLS:
+            value = float(getattr(box, key))
+            ET.SubElement(bndbox, key).text = str(int(value)) if value.is_integer() else repr(value)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
 def read_aneurysm_boxes(archive_or_dir: str | os.PathLike) -> pd.DataFrame:
     """All aneurysm boxes, one row per box.
 
@@ -92,12 +116,30 @@ def map_boxes(boxes: pd.DataFrame, geometry: Mapping[str, SeriesGeometry]) -> Ca
     space: in the reference archive every localizer lies inside a box drawn on its own slice.
     """
     located = locate_slices(boxes, geometry)
-    rows = located.mapped
+    return located._replace(mapped=_scaled(located.mapped))
+
+
+def map_brain_boxes(boxes: pd.DataFrame, geometry: Mapping[str, SeriesGeometry]) -> CacheMapping:
+    """Place brain boxes (from `read_brain_boxes`) on the cached mean images, scaled as `map_boxes` does.
+
+    Brain boxes are drawn on the mean-over-slices image at the original size; the cache keeps that
+    image at its own size. Series absent from `geometry` go to `missing` with a `reason`.
+    """
+    known = boxes[UID_COL].isin(list(geometry)).to_numpy()
+    hits = boxes[known]
+    series = [geometry[uid] for uid in hits[UID_COL]]
+    mapped = hits.assign(scale_x=[g.scale_x for g in series], scale_y=[g.scale_y for g in series])
+    missing = boxes[~known].assign(reason="series not in the cache")
+    return CacheMapping(mapped=_scaled(mapped).reset_index(drop=True), missing=missing.reset_index(drop=True))
+
+
+def _scaled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Box edges and image size multiplied by the rows' scale_x / scale_y (which are dropped)."""
     scaled = {
         col: rows[col] * rows["scale_x" if col in ("xmin", "xmax", "width") else "scale_y"]
         for col in (*BOX_COLS, "width", "height")
     }
-    return located._replace(mapped=rows.assign(**scaled).drop(columns=["scale_x", "scale_y"]))
+    return rows.assign(**scaled).drop(columns=["scale_x", "scale_y"])
 
 
 def read_brain_boxes(archive_or_dir: str | os.PathLike) -> pd.DataFrame:

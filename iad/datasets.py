@@ -73,10 +73,10 @@ def ensure_dataset(source: DatasetSource, workers: int = 0) -> None:
     """Generate the synthetic dataset when configured and missing or made with other settings (only the
     missing series are rendered); otherwise check the tables exist."""
     if source.synthetic is not None:
-        from iad.synthetic import dataset_settings, make_dataset, read_settings
+        from iad.synthetic import dataset_settings, is_current, make_dataset
 
         wanted = dataset_settings(**dict(source.synthetic))
-        if read_settings(source.root) != wanted:
+        if not is_current(source.root, wanted):
             log.info("generating synthetic dataset in %s (%s)", source.root, wanted)
             make_dataset(source.root, **wanted, workers=workers)
     for path in (source.train_csv, source.series_dir):

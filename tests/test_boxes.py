@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -12,7 +13,9 @@ from iad.boxes import (
     ANEURYSM_CLASSES,
     BRAIN_CLASSES,
     Box,
+    labelimg_xml,
     map_boxes,
+    map_brain_boxes,
     parse_labelimg_xml,
     read_aneurysm_boxes,
     read_brain_boxes,
@@ -141,6 +144,24 @@ def test_map_boxes_scales_edges_and_reports_missing():
     assert result.missing[SOP_COL].tolist() == ["a-gone"]
 
 
+def test_map_brain_boxes_scales_to_the_cached_mean_image():
+    boxes = pd.DataFrame({UID_COL: ["a", "b"], "cls": ["brain", "abnormal"], "xmin": [10.0, 0.0], "ymin": [20.0, 0.0],
+                          "xmax": [110.0, 5.0], "ymax": [220.0, 5.0], "width": [512, 64], "height": [400, 64],
+                          "split": ["train", "val"]})
+    result = map_brain_boxes(boxes, {"a": SeriesGeometry(lambda sop, frame: 0, scale_x=0.25, scale_y=0.5)})
+    assert result.mapped[["xmin", "ymin", "xmax", "ymax", "width", "height"]].values.tolist() == [[2.5, 10, 27.5, 110, 128, 200]]
+    assert result.mapped[["cls", "split"]].values.tolist() == [["brain", "train"]]
+    assert result.missing[UID_COL].tolist() == ["b"] and result.missing["reason"].tolist() == ["series not in the cache"]
+
+
+def test_labelimg_xml_round_trips():
+    boxes = [Box(1, 2, 30.5, 40, "aneurysm", 700, 500), Box(0, 0, 700, 500, "aneurysm_mri_t2", 700, 500)]
+    content = labelimg_xml("img_3.png", 700, 500, boxes)
+    assert parse_labelimg_xml(content) == boxes
+    assert "<xmin>1</xmin>" in content and "<xmax>30.5</xmax>" in content  # whole pixels as integers, as LabelImg
+    assert parse_labelimg_xml(labelimg_xml("empty.png", 64, 32)) == []
+
+
 def test_missing_archive_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.tar\.gz"):
         read_aneurysm_boxes(tmp_path / "nothing.tar.gz")
@@ -232,3 +253,23 @@ def test_real_brain_boxes(brain_boxes, archive_members, rsna_tables):
     labels = read_series_labels(rsna_tables / "train.csv")
     assert set(labels[UID_COL]) - set(brain_boxes[UID_COL]) == NO_BRAIN_BOX
     assert set(brain_boxes[UID_COL]) <= set(labels[UID_COL])
+
+
+@pytest.mark.shared
+def test_real_wide_and_multi_frame_boxes_map_into_a_square_cache(aneurysm_boxes):
+    """Images wider than 512 (up to 1024 here) and `_<frame>` files map like any other: nothing assumes 512."""
+    wide = aneurysm_boxes["width"] > 512
+    assert wide.sum() > 0 and aneurysm_boxes.loc[wide, "xmax"].max() > 512
+    assert aneurysm_boxes["frame"].notna().sum() > 0
+    sizes = aneurysm_boxes.groupby(UID_COL)[["width", "height"]].agg(["min", "max"])
+    assert (sizes[("width", "min")] == sizes[("width", "max")]).all()  # one image size per series
+    size = 384  # a square cache, as PreprocessConfig(image_size=384)
+    geometry = {uid: SeriesGeometry(lambda sop, frame: 0 if frame is None else int(frame), scale_x=size / w, scale_y=size / h)
+                for uid, w, h in zip(sizes.index, sizes[("width", "min")], sizes[("height", "min")])}
+    mapped = map_boxes(aneurysm_boxes, geometry).mapped
+    assert len(mapped) == len(aneurysm_boxes)
+    assert np.allclose(mapped["width"], size) and np.allclose(mapped["height"], size)
+    assert (mapped["xmin"] >= 0).all() and (mapped["xmax"] <= size + 1e-9).all() and (mapped["ymax"] <= size + 1e-9).all()
+    pd.testing.assert_series_equal(mapped["xmax"], aneurysm_boxes["xmax"] * size / aneurysm_boxes["width"], check_names=False)
+    framed = mapped["frame"].notna()
+    assert (mapped.loc[framed, "slice_index"] == mapped.loc[framed, "frame"]).all()

@@ -28,9 +28,10 @@ from iad.synthetic.dataset import (
     read_settings,
 )
 from iad.synthetic.modalities import STYLES, aneurysm_is_bright
-from iad.synthetic.plan import plan_series
+from iad.synthetic.plan import FIELD_OF_VIEW_MM, NON_AXIAL_FIELD_OF_VIEW_MM, plan_series
+from iad.synthetic.views import AXIAL, VIEWS
 
-SEED = 7  # 12 series with every modality, RLE and J2K files, a head-first MRA with an aneurysm
+SEED = 7  # 12 series with every modality, RLE and J2K files, a head-first MRA, a positive coronal CTA
 N_SERIES = 12
 SIZE_RANGE = (96, 128)
 SOP_CLASS = {"CTA": CTImageStorage, "MRA": EnhancedMRImageStorage, "MRI T2": MRImageStorage, "MRI T1post": MRImageStorage}
@@ -189,8 +190,10 @@ def test_each_variant_has_its_own_uids():
 # --- DICOM files --------------------------------------------------------------------------------
 
 
-def test_every_file_is_readable_dicom_with_consistent_headers(dataset, tables):
+def test_every_file_is_readable_dicom_with_consistent_headers(dataset, tables, plans):
     modality = dict(zip(tables[TRAIN_CSV][UID_COL], tables[TRAIN_CSV]["Modality"]))
+    view = {plan.series_uid: plan.view for plan in plans}
+    assert set(view.values()) > {AXIAL}, "the test dataset should hold a non-axial series"
     syntaxes = Counter()
     for uid, name in modality.items():
         for path in _series_files(dataset, uid):
@@ -203,27 +206,30 @@ def test_every_file_is_readable_dicom_with_consistent_headers(dataset, tables):
             for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"):
                 assert pydicom.uid.UID(ds[keyword].value).is_valid
             if not STYLES[name].multi_frame:
-                assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+                assert [float(v) for v in ds.ImageOrientationPatient] == list(VIEWS[view[uid]].orientation)
                 assert all(len(str(v)) <= 16 for v in (*ds.ImagePositionPatient, *ds.PixelSpacing))
-                assert 200 <= float(ds.PixelSpacing[1]) * ds.Columns <= 240
+                field_of_view = FIELD_OF_VIEW_MM if view[uid] == AXIAL else NON_AXIAL_FIELD_OF_VIEW_MM
+                assert field_of_view[0] <= float(ds.PixelSpacing[1]) * ds.Columns <= field_of_view[1]
             syntaxes[ds.file_meta.TransferSyntaxUID] += 1
     if RLELosslessEncoder.is_available:
         assert syntaxes[RLELossless] > 0
     assert len(syntaxes) >= 2
 
 
-def test_enhanced_mra_has_per_frame_positions(dataset, tables):
+def test_enhanced_mra_has_per_frame_positions(dataset, tables, plans):
     train = tables[TRAIN_CSV]
+    view = {plan.series_uid: plan.view for plan in plans}
     for uid in train.loc[train["Modality"] == "MRA", UID_COL]:
         (path,) = _series_files(dataset, uid)
         ds = pydicom.dcmread(path)
         shared = ds.SharedFunctionalGroupsSequence[0]
-        assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+        orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        assert orientation == list(VIEWS[view[uid]].orientation)
         assert len(shared.PixelMeasuresSequence[0].PixelSpacing) == 2
         frames = ds.PerFrameFunctionalGroupsSequence
         assert len(frames) == int(ds.NumberOfFrames) == ds.pixel_array.shape[0]
-        z = np.array([float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames])
-        steps = np.diff(z)
+        positions = np.array([[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames])
+        steps = np.diff(positions @ VIEWS[view[uid]].normal)
         assert np.all(steps > 0) or np.all(steps < 0)
         assert [f.FrameContentSequence[0].InStackPositionNumber for f in frames] == list(range(1, len(frames) + 1))
 
@@ -263,8 +269,10 @@ def test_aneurysm_stands_out_at_the_localizer(dataset, tables):
         assert contrast > 0.3 * abs(style.artery[0] - style.brain), (row.Modality, row.location, disc, ring)
 
 
-def test_lateral_locations_lie_on_their_patient_side(dataset, tables):
+def test_lateral_locations_lie_on_their_patient_side(dataset, tables, plans):
+    across = {plan.series_uid for plan in plans if VIEWS[plan.view].orientation[:3] == (1, 0, 0)}  # axial, coronal
     lateral = tables[LOCALIZERS_CSV][tables[LOCALIZERS_CSV]["location"].str.match("Left|Right")]
+    lateral = lateral[lateral[UID_COL].isin(across)]
     assert len(lateral) > 0
     for row in lateral.itertuples():
         image, x, _, _ = _localized_image(dataset, row)
@@ -356,15 +364,16 @@ def test_rerun_keeps_complete_series_and_replaces_partial_ones(tmp_path, capsys)
 def test_load_series_round_trip(dataset, tables, plans):
     dicom = pytest.importorskip("iad.dicom", reason="iad.dicom.load_series is not built yet")
     loaded = {plan.series_uid: dicom.load_series(dataset / SERIES_DIR / plan.series_uid) for plan in plans}
+    plans_by_uid = {plan.series_uid: plan for plan in plans}
     for plan in plans:
-        assert loaded[plan.series_uid].pixels.shape[0] == plan.geometry.shape[0]
+        assert loaded[plan.series_uid].pixels.shape == plan.stored_shape
     for row in tables[LOCALIZERS_CSV].itertuples():
         series = loaded[row.SeriesInstanceUID]
         x, y, frame = parse_coordinates(row.coordinates)
         image = series.pixels[series.index_of(row.SOPInstanceUID, frame)]
         expected, _, _, _ = _localized_image(dataset, row)
         np.testing.assert_array_equal(image, expected.astype(np.float32))
-        assert np.all(np.diff(series.positions[:, 2]) > 0)
+        assert np.all(np.diff(series.positions @ VIEWS[plans_by_uid[row.SeriesInstanceUID].view].normal) > 0)
 
 
 def test_cli_writes_a_dataset_without_importing_torch(tmp_path):

@@ -113,6 +113,9 @@ AIR_SPACES: tuple[Ellipsoid, ...] = (Ellipsoid((0, -12, -28), (11, 9, 7)),)  # s
 
 # The slab the images must cover (anatomical z, mm): every region, plus dome offset and radius.
 REQUIRED_Z_RANGE: tuple[float, float] = (-35.0, 22.0)
+# The same along x and y, for the slabs of coronal (y) and sagittal (x) series.
+REQUIRED_X_RANGE: tuple[float, float] = (-58.0, 58.0)
+REQUIRED_Y_RANGE: tuple[float, float] = (-32.0, 50.0)
 
 
 def mirror(point: Point) -> Point:

@@ -1,4 +1,4 @@
-"""Generate a synthetic dataset in the competition layout (series folders + the three tables)."""
+"""Generate a synthetic dataset in the competition layout (series folders + the three tables + boxes)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from pydicom.filereader import read_file_meta_info
 
 from iad.folds import N_FOLDS, make_folds, write_folds
 from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITIES, MODALITY_COL, PRESENT_COL, SOP_COL, UID_COL
+from iad.synthetic.annotations import boxes_record, read_boxes_record, write_boxes
 from iad.synthetic.phantom import render_volume
 from iad.synthetic.plan import SIZE_RANGE, SLICES_RANGE, SeriesPlan, localizer, plan_series, render_rng
+from iad.synthetic.views import AXIAL
 from iad.synthetic.writer import write_series
 from iad.utils.io import write_csv_atomic, write_json_atomic
 
@@ -45,6 +47,7 @@ class DatasetSummary:
     series_per_modality: dict[str, int]
     n_positive: int
     n_aneurysms: int
+    n_non_axial: int  # coronal and sagittal series
     n_files: int
     n_compressed_files: int
     n_bytes: int
@@ -57,7 +60,7 @@ class DatasetSummary:
         return "\n".join(
             [
                 f"synthetic dataset at {self.root}: {self.n_series} series ({modalities})",
-                f"  positives {self.n_positive}, aneurysms {self.n_aneurysms}",
+                f"  positives {self.n_positive}, aneurysms {self.n_aneurysms}, coronal or sagittal {self.n_non_axial}",
                 f"  files {self.n_files}, compressed {self.n_compressed_files}, {self.n_bytes / 2**20:.1f} MiB",
                 f"  generated {self.n_generated} series in {self.seconds:.1f} s",
             ]
@@ -138,6 +141,7 @@ def _summarize(root: Path, plans: list[SeriesPlan], n_generated: int, seconds: f
         series_per_modality={name: counts[name] for name in MODALITIES if counts[name]},
         n_positive=sum(bool(plan.aneurysms) for plan in plans),
         n_aneurysms=sum(len(plan.aneurysms) for plan in plans),
+        n_non_axial=sum(plan.view != AXIAL for plan in plans),
         n_files=len(files),
         n_compressed_files=sum(read_file_meta_info(path).TransferSyntaxUID.is_compressed for path in files),
         n_bytes=sum(path.stat().st_size for path in files),
@@ -150,6 +154,11 @@ def read_settings(root: str | os.PathLike) -> dict | None:
     """The settings `make_dataset` last completed in `root` (None when it never finished there)."""
     path = Path(root) / SETTINGS_JSON
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_current(root: str | os.PathLike, settings: dict) -> bool:
+    """Whether `root` holds a complete dataset made with `settings` (a `dataset_settings` dict), boxes included."""
+    return read_settings(root) == settings and read_boxes_record(root) == boxes_record(settings)
 
 
 def dataset_settings(n_series: int = 60, seed: int = 0, size_range: tuple[int, int] = SIZE_RANGE,
@@ -172,9 +181,11 @@ def make_dataset(
     workers: int = 1,
     progress: bool = True,
 ) -> DatasetSummary:
-    """Write `n_series` synthetic series and train.csv, train_localizers.csv, train_kfold.csv.
+    """Write `n_series` synthetic series, train.csv, train_localizers.csv, train_kfold.csv and boxes.
 
-    Layout: `out_dir/series/<SeriesInstanceUID>/<random hex>.dcm`. Series `i` depends only on
+    Layout: `out_dir/series/<SeriesInstanceUID>/<random hex>.dcm`; `out_dir/boxes/` holds LabelImg
+    aneurysm and brain boxes as the reference's box archive does (`iad.synthetic.annotations`),
+    written when missing or made for other settings. Series `i` depends only on
     (seed, i), so a larger `n_series` adds series without changing the first ones; series already on
     disk are kept (each is written to a temporary folder and renamed when complete). `size_range`
     bounds the in-plane image size in pixels; `locations` names the aneurysm location shares
@@ -203,7 +214,10 @@ def make_dataset(
         write_csv_atomic(labels, root / TRAIN_CSV)
         write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
         write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
-        write_json_atomic(dataset_settings(n_series, seed, size_range, **options), root / SETTINGS_JSON)
+        settings = dataset_settings(n_series, seed, size_range, **options)
+        if read_boxes_record(root) != boxes_record(settings):  # also adds the boxes to datasets made before them
+            write_boxes(root, plans, settings)
+        write_json_atomic(settings, root / SETTINGS_JSON)
     return _summarize(root, plans, len(missing), time.perf_counter() - start)
 
 

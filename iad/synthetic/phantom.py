@@ -29,7 +29,7 @@ class _Canvas:
         ax, ay, az = plan.pose.to_anatomical(xs[None, :], ys[:, None], zs)
         self.anat_x, self.anat_y = ax.astype(np.float32), ay.astype(np.float32)
         self.anat_z = az.astype(np.float32)[:, None, None]
-        self.edge_mm = plan.geometry.spacing[0]  # width of the soft boundary
+        self.edge_mm = plan.stored_spacing[2]  # width of the soft boundary: the images' pixel
 
     def box(self, centre: np.ndarray, half_extent: float) -> tuple[slice, slice, slice] | None:
         """Voxel slices covering a cube around a patient point; None when it misses the grid."""

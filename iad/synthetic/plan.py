@@ -4,12 +4,15 @@ A plan is cheap to make (no pixels), so tables can be rebuilt for series already
 coordinates are DICOM LPS: +x = patient left, +y = posterior, +z = superior. With the axial
 orientation [1,0,0,0,1,0] the column index grows with +x, so the patient's left is on the image's
 right (radiological convention) and a left aneurysm has a larger column index than the midline.
+A small share of series is coronal or sagittal (`views.NON_AXIAL_SHARES`); their view is drawn
+apart from every other choice, so the axial series are the same as before views existed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+import itertools
 import math
 
 import numpy as np
@@ -18,10 +21,12 @@ from pydicom.uid import UID, generate_uid
 from iad.labels import LOCATION_COLS, MODALITIES
 from iad.synthetic import anatomy, frequencies
 from iad.synthetic.modalities import STYLES, ModalityStyle
+from iad.synthetic.views import AXIAL, NON_AXIAL_SHARES, VIEWS, View
 
 UID_NAMESPACE = "iad-synthetic/2"  # bumped whenever the drawing changes: caches are keyed by UID
 SIZE_RANGE: tuple[int, int] = (96, 192)
 FIELD_OF_VIEW_MM: tuple[float, float] = (200.0, 240.0)
+NON_AXIAL_FIELD_OF_VIEW_MM: tuple[float, float] = (230.0, 260.0)  # coronal/sagittal images span the head's height
 SLICES_RANGE: tuple[int, int] = (24, 64)
 SLAB_MM: tuple[float, float] = (55.0, 110.0)  # preferred coverage along z before the slice-count limits
 SLAB_SHIFT_MM = 10.0  # how far the slab centre may move from the centre of the required range
@@ -36,13 +41,18 @@ DESCENDING_SHARE = 0.15  # series whose instance/frame order runs from head to f
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _SILVER = math.sqrt(2) - 1
 _BRONZE = (math.sqrt(13) - 3) / 2
+_VIEW_STEP = math.sqrt(3) - 1  # the views' own sequence, rationally independent of the three above
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """An axial voxel grid in patient coordinates (mm); voxel (k, i, j) = (slice, row, column)."""
+    """The render grid, aligned with the patient axes (mm); voxel (k, i, j) lies at (z, y, x).
 
-    shape: tuple[int, int, int]  # (slices, rows, columns)
+    For an axial series it is the stored grid (slice, row, column); a view (`SeriesPlan.view`)
+    stores other planes (see `iad.synthetic.views`).
+    """
+
+    shape: tuple[int, int, int]  # voxels along z, y, x (axial: slices, rows, columns)
     origin: tuple[float, float, float]  # patient (x, y, z) of voxel (0, 0, 0)'s centre
     spacing: tuple[float, float, float]  # mm per column (x), row (y), slice (z)
 
@@ -139,6 +149,7 @@ class SeriesPlan:
     sop_uids: tuple[UID, ...]  # one per file, in file order
     file_names: tuple[str, ...]
     geometry: Geometry
+    view: str  # "axial", "coronal" or "sagittal" (views.VIEWS)
     pose: Pose
     descending: bool  # files (or frames) ordered from the highest slice down
     codec: str | None  # requested compression: "RLE", "J2K" or None
@@ -153,9 +164,27 @@ class SeriesPlan:
         return STYLES[self.modality]
 
     @property
+    def image_plane(self) -> View:
+        return VIEWS[self.view]
+
+    @property
+    def stored_shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns) of the stored images."""
+        return self.image_plane.shape(self.geometry.shape)
+
+    @property
+    def stored_spacing(self) -> tuple[float, float, float]:
+        """(slice step, row spacing, column spacing) of the stored images, mm."""
+        return self.image_plane.spacing(self.geometry.spacing)
+
+    def stored_voxel(self, point: np.ndarray) -> np.ndarray:
+        """Continuous stored (slice, row, column) of a patient point."""
+        return self.image_plane.stored_voxel(self.geometry.shape, self.geometry.to_voxel(point))
+
+    @property
     def slice_order(self) -> np.ndarray:
-        """Slice index (ascending z) of each file or frame, in file/frame order."""
-        order = np.arange(self.geometry.shape[0])
+        """Stored slice index (ascending along the slice normal) of each file or frame, in file/frame order."""
+        order = np.arange(self.stored_shape[0])
         return order[::-1] if self.descending else order
 
     @property
@@ -171,6 +200,23 @@ def _uid(seed: int, index: int, variant: tuple, *parts: object) -> UID:
 
 def _series_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
+
+
+def _view_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator for a non-axial series' grid, apart from the plan's other draws."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 2]))
+
+
+def draw_view(seed: int, index: int) -> str:
+    """Series `index`'s view: coronal or sagittal for NON_AXIAL_SHARES of the indices (a Weyl
+    sequence offset by the seed, so any run of indices gets its share), axial otherwise."""
+    offset = np.random.default_rng(np.random.SeedSequence([seed, 2])).random()
+    u, edge = (offset + index * _VIEW_STEP) % 1.0, 0.0
+    for view, share in NON_AXIAL_SHARES.items():
+        edge += share
+        if u < edge:
+            return view
+    return AXIAL
 
 
 def render_rng(seed: int, index: int) -> np.random.Generator:
@@ -221,25 +267,50 @@ def _draw_pose(rng: np.random.Generator) -> Pose:
     )
 
 
-def _draw_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int],
-                   max_slices: int) -> Geometry:
+def _image_size(rng: np.random.Generator, size_range: tuple[int, int],
+                field_of_view: tuple[float, float]) -> tuple[int, int, float]:
+    """Columns, rows (a multiple of 8 within `size_range`, sometimes taller than wide) and square pixel (mm)."""
     lo, hi = size_range
     columns = int(rng.integers(lo // 8, hi // 8 + 1)) * 8
     rows = columns if rng.random() < 0.7 else min(hi, columns + 16 * int(rng.integers(1, 3)))
-    pixel = round(float(rng.uniform(*FIELD_OF_VIEW_MM)) / columns, 4)
+    return columns, rows, round(float(rng.uniform(*field_of_view)) / columns, 4)
 
+
+def _slab(rng: np.random.Generator, style: ModalityStyle, low: float, high: float, max_slices: int) -> tuple[int, float, float]:
+    """Slices, step and first slice's position (mm) of a slab along the slice axis covering [low, high]."""
+    step = round(max(float(rng.uniform(*style.slice_spacing)), (high - low) / (max_slices - 1)), 4)
+    needed = math.ceil((high - low) / step) + 1
+    slices = int(np.clip(max(needed, round(rng.uniform(*SLAB_MM) / step)), SLICES_RANGE[0], max_slices))
+    slack = (slices - 1) * step - (high - low)
+    return slices, step, low - slack / 2 + rng.uniform(-1, 1) * min(slack / 2, SLAB_SHIFT_MM)
+
+
+def _draw_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int],
+                   max_slices: int) -> Geometry:
+    columns, rows, pixel = _image_size(rng, size_range, FIELD_OF_VIEW_MM)
     z_lo, z_hi = (pose.translation[2] + pose.scale * z for z in anatomy.REQUIRED_Z_RANGE)
-    min_slices = SLICES_RANGE[0]
-    step = round(max(float(rng.uniform(*style.slice_spacing)), (z_hi - z_lo) / (max_slices - 1)), 4)
-    needed = math.ceil((z_hi - z_lo) / step) + 1
-    slices = int(np.clip(max(needed, round(rng.uniform(*SLAB_MM) / step)), min_slices, max_slices))
-    slack = (slices - 1) * step - (z_hi - z_lo)
-    z0 = z_lo - slack / 2 + rng.uniform(-1, 1) * min(slack / 2, SLAB_SHIFT_MM)
-
+    slices, step, z0 = _slab(rng, style, z_lo, z_hi, max_slices)
     head_x, head_y, _ = pose.to_patient(np.array(anatomy.HEAD_CENTRE))
     centre_x, centre_y = head_x + rng.uniform(-6, 6), head_y + rng.uniform(-6, 6)
     origin = (centre_x - (columns - 1) / 2 * pixel, centre_y - (rows - 1) / 2 * pixel, z0)
     return Geometry((slices, rows, columns), tuple(round(float(v), 4) for v in origin), (pixel, pixel, step))
+
+
+def _draw_view_geometry(rng: np.random.Generator, style: ModalityStyle, pose: Pose, size_range: tuple[int, int],
+                        max_slices: int, view: View) -> Geometry:
+    """The render grid of a coronal or sagittal series: square pixels over the head's height (rows
+    along z) and width or depth (columns), slices over a slab that holds every aneurysm location."""
+    columns, rows, pixel = _image_size(rng, size_range, NON_AXIAL_FIELD_OF_VIEW_MM)
+    through, across = 2 - view.axes[0], 2 - view.axes[2]  # patient axes of the slices and of the columns
+    ranges = (anatomy.REQUIRED_X_RANGE, anatomy.REQUIRED_Y_RANGE, anatomy.REQUIRED_Z_RANGE)
+    along = pose.to_patient(np.array(list(itertools.product(*ranges))))[:, through]  # the required box's corners
+    counts, spacing, origin = [0, 0, 0], [pixel] * 3, [0.0, 0.0, 0.0]  # patient x, y, z
+    counts[through], spacing[through], origin[through] = _slab(rng, style, float(along.min()), float(along.max()), max_slices)
+    head = pose.to_patient(np.array(anatomy.HEAD_CENTRE))
+    for axis, n in ((across, columns), (2, rows)):
+        counts[axis] = n
+        origin[axis] = head[axis] + rng.uniform(-6, 6) - (n - 1) / 2 * pixel
+    return Geometry((counts[2], counts[1], counts[0]), tuple(round(float(v), 4) for v in origin), tuple(spacing))
 
 
 def _smooth_warp(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
@@ -333,6 +404,9 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE,
     style = STYLES[modality]
     pose = _draw_pose(rng)
     geometry = _draw_geometry(rng, style, pose, size_range, max_slices)
+    view = draw_view(seed, index)
+    if view != AXIAL:  # the axial draw above still runs, so every later draw stays the same
+        geometry = _draw_view_geometry(_view_rng(seed, index), style, pose, size_range, max_slices, VIEWS[view])
     warp = _smooth_warp(rng)
     radius_scale = rng.uniform(0.9, 1.1)
     arteries = _place_vessels(anatomy.ARTERIES, warp, pose, radius_scale)
@@ -340,23 +414,25 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE,
     drawn = _draw_locations(w, rng, frequencies.LOCATION_WEIGHTS[locations]) if positive else []
     aneurysms = tuple(_draw_aneurysm(rng, location, arteries, pose) for location in drawn)
     bulges = _draw_bulges(rng, arteries)
-    n_files = 1 if style.multi_frame else geometry.shape[0]
+    n_files = 1 if style.multi_frame else VIEWS[view].shape(geometry.shape)[0]
     codec_draw = rng.random()
     codec = "RLE" if codec_draw < CODEC_SHARES["RLE"] else "J2K" if codec_draw < sum(CODEC_SHARES.values()) else None
     female = rng.random() < frequencies.FEMALE_SERIES / frequencies.TOTAL_SERIES
     age = int(np.clip(round(rng.normal(frequencies.AGE_MEAN, frequencies.AGE_SD)), frequencies.AGE_MIN, frequencies.AGE_MAX))
+    plane = () if view == AXIAL else (view,)  # a non-axial series is other data than the axial one it replaced
     return SeriesPlan(
         seed=seed,
         index=index,
         modality=modality,
         age=age,
         sex="Female" if female else "Male",
-        study_uid=_uid(seed, index, variant, "study"),
-        series_uid=_uid(seed, index, variant, "series"),
-        frame_of_reference_uid=_uid(seed, index, variant, "frame-of-reference"),
-        sop_uids=tuple(_uid(seed, index, variant, "sop", i) for i in range(n_files)),
+        study_uid=_uid(seed, index, variant, *plane, "study"),
+        series_uid=_uid(seed, index, variant, *plane, "series"),
+        frame_of_reference_uid=_uid(seed, index, variant, *plane, "frame-of-reference"),
+        sop_uids=tuple(_uid(seed, index, variant, *plane, "sop", i) for i in range(n_files)),
         file_names=tuple(rng.bytes(16).hex() + ".dcm" for _ in range(n_files)),
         geometry=geometry,
+        view=view,
         pose=pose,
         descending=bool(rng.random() < DESCENDING_SHARE),
         codec=codec,
@@ -370,8 +446,8 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE,
 
 def localizer(plan: SeriesPlan, aneurysm: Aneurysm) -> tuple[UID, dict[str, float | int]]:
     """SOPInstanceUID and coordinates dict ({'x', 'y'} and 'f' for multi-frame) of an aneurysm's centre."""
-    k, row, column = plan.geometry.to_voxel(aneurysm.sac.centre)
-    slice_index = int(np.clip(round(k), 0, plan.geometry.shape[0] - 1))
+    k, row, column = plan.stored_voxel(aneurysm.sac.centre)
+    slice_index = int(np.clip(round(k), 0, plan.stored_shape[0] - 1))
     position = int(np.flatnonzero(plan.slice_order == slice_index)[0])
     coordinates: dict[str, float | int] = {"x": round(float(column), 2), "y": round(float(row), 2)}
     if plan.style.multi_frame:

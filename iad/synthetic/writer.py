@@ -1,4 +1,7 @@
-"""Write a rendered series as DICOM files: single-frame CT/MR images or one enhanced multi-frame MR."""
+"""Write a rendered series as DICOM files: single-frame CT/MR images or one enhanced multi-frame MR.
+
+The rendered volume is stored in the plan's view (axial, coronal or sagittal; `iad.synthetic.views`).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from iad.synthetic.modalities import CT_RESCALE_INTERCEPT, MR_BITS_STORED
 from iad.synthetic.plan import SeriesPlan
+from iad.synthetic.views import AXIAL
 
-AXIAL_ORIENTATION = ("1", "0", "0", "0", "1", "0")
 MANUFACTURER = "IAD synthetic phantom"
 # transfer syntax → GDCM's name for it, for `transcode`
 GDCM_SYNTAXES = {JPEGLosslessSV1: "JPEGLosslessProcess14_1", JPEG2000Lossless: "JPEG2000Lossless"}
@@ -60,6 +63,9 @@ def _common_header(plan: SeriesPlan) -> Dataset:
     ds.Modality = style.dicom_modality
     ds.Manufacturer = MANUFACTURER
     ds.SeriesDescription = style.description
+    if plan.view != AXIAL:
+        ds.ImageType = ["REFORMATTED" if value == "AXIAL" else value for value in style.image_type]
+        ds.SeriesDescription = f"{style.description} {plan.view.upper()}"
     ds.BodyPartExamined = "HEAD"
     ds.PatientID = plan.series_uid.split(".")[-1][:16]
     ds.PatientAge = f"{plan.age:03d}Y"
@@ -78,13 +84,19 @@ def _common_header(plan: SeriesPlan) -> Dataset:
 
 
 def _geometry_values(plan: SeriesPlan) -> dict[str, object]:
-    dx, dy, dz = plan.geometry.spacing
-    return {"PixelSpacing": [_ds(dy), _ds(dx)], "SliceThickness": _ds(dz), "SpacingBetweenSlices": _ds(dz)}
+    step, row_mm, column_mm = plan.stored_spacing
+    return {"PixelSpacing": [_ds(row_mm), _ds(column_mm)], "SliceThickness": _ds(step), "SpacingBetweenSlices": _ds(step)}
+
+
+def _orientation(plan: SeriesPlan) -> list[str]:
+    return [str(v) for v in plan.image_plane.orientation]
 
 
 def _position(plan: SeriesPlan, slice_index: int) -> list[str]:
-    x0, y0, z0 = plan.geometry.origin
-    return [_ds(x0), _ds(y0), _ds(z0 + slice_index * plan.geometry.spacing[2])]
+    """ImagePositionPatient (the first pixel's centre) of stored slice `slice_index`."""
+    grid = plan.geometry
+    k, i, j = plan.image_plane.render_index(grid.shape, (slice_index, 0, 0))
+    return [_ds(o + index * s) for o, s, index in zip(grid.origin, grid.spacing, (j, i, k))]
 
 
 def _single_frame(plan: SeriesPlan, pixels: np.ndarray, slice_index: int, position: int, window) -> Dataset:
@@ -92,8 +104,8 @@ def _single_frame(plan: SeriesPlan, pixels: np.ndarray, slice_index: int, positi
     ds.SOPInstanceUID = plan.sop_uids[position]
     ds.InstanceNumber = position + 1
     ds.ImagePositionPatient = _position(plan, slice_index)
-    ds.ImageOrientationPatient = list(AXIAL_ORIENTATION)
-    ds.SliceLocation = ds.ImagePositionPatient[2]
+    ds.ImageOrientationPatient = _orientation(plan)
+    ds.SliceLocation = _ds(float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), plan.image_plane.normal)))
     geometry = _geometry_values(plan)
     if plan.style.dicom_modality == "CT":
         del geometry["SpacingBetweenSlices"]
@@ -124,7 +136,7 @@ def _enhanced(plan: SeriesPlan, frames: np.ndarray, window) -> Dataset:
         [
             _item(
                 PixelMeasuresSequence=Sequence([_item(**_geometry_values(plan))]),
-                PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=list(AXIAL_ORIENTATION))]),
+                PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=_orientation(plan))]),
                 PixelValueTransformationSequence=Sequence([_item(RescaleIntercept="0", RescaleSlope="1", RescaleType="US")]),
                 FrameVOILUTSequence=Sequence([_item(WindowCenter=window[0], WindowWidth=window[1])]),
             )
@@ -150,7 +162,9 @@ def _bits_stored(plan: SeriesPlan) -> int:
 
 
 def write_series(plan: SeriesPlan, volume: np.ndarray, folder: Path) -> None:
-    """Write `volume` (ascending z) into `folder` as the plan's files, compressed when possible."""
+    """Write the rendered `volume` (render grid: z, y, x) into `folder` as the plan's files in its
+    view, compressed when possible."""
+    volume = np.ascontiguousarray(plan.image_plane.to_stored(volume))
     stored = _stored_pixels(plan, volume)
     window = _window(plan, volume)
     if plan.style.multi_frame:
