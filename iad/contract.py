@@ -29,7 +29,9 @@ RESULT_FILE = "result.json"  # its presence marks the run finished
 IDENTITY_FILE = "identity.json"  # the settings that define what the run learns, and their hash
 ERROR_FILE = "error.txt"
 LOGGER_DIRS = ("csv", "wandb")
-RUN_OUTPUTS = (CHECKPOINT_DIR, OOF_FILE, RESULT_FILE, ERROR_FILE, IDENTITY_FILE, *LOGGER_DIRS)
+YOLO_DIR = "yolo"  # a detector run's ultralytics folder: data.yaml, item tables, per-epoch results.csv
+DETECTIONS_FILE = "detections.csv"  # a fold's out-of-fold detections; in a sweep folder, all folds merged
+RUN_OUTPUTS = (CHECKPOINT_DIR, OOF_FILE, RESULT_FILE, ERROR_FILE, IDENTITY_FILE, *LOGGER_DIRS, YOLO_DIR, DETECTIONS_FILE)
 FOLD_PREFIX = "fold_"
 FULL_DATA_RUN = "full"  # the run folder of a model trained on every series (data.fold=null)
 
@@ -45,7 +47,6 @@ MODEL_FILE_FORMAT = "iad-model/2"
 # ---- a detector run (exp0 aneurysm, exp1 brain): ultralytics' own weights (resume) + a weights-only export
 DETECTOR_FILE = "detector.pt"       # <run>/checkpoints/detector.pt: what inference, bundles and crop tables load
 DETECTOR_FORMAT = "iad-detector/1"
-DETECTIONS_FILE = "detections.csv"  # a fold's out-of-fold detections; in a sweep folder, all folds merged
 DETECTOR_IMAGES = ("slices", "mean")  # what a detector looks at: 2.5D slice stacks, or the series' mean image
 
 # ---- checkpoint and model-file keys --------------------------------------------------------------

@@ -71,6 +71,26 @@ def attach_folds(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     return labels.assign(**{FOLD_COL: labels[UID_COL].map(fold_of).astype(int).to_numpy()})
 
 
+def series_with_folds(train_csv: str | os.PathLike, folds_csv: str | os.PathLike, seed: int = 42,
+                      require_folds: bool = True) -> pd.DataFrame:
+    """The series label table with a `fold` column from `folds_csv` (-1 where a series has none).
+
+    A missing fold file is written first (multilabel-stratified, `seed`), so every stage of a dataset
+    splits alike. With `require_folds`, a series the fold file lacks is an error naming the file.
+    """
+    from iad.labels import read_series_labels
+
+    labels = read_series_labels(train_csv)
+    if not os.path.exists(folds_csv):
+        write_folds(make_folds(labels, seed=seed), folds_csv)
+    merged = labels.merge(read_folds(folds_csv), on=UID_COL, how="left")
+    if merged[FOLD_COL].isna().any() and require_folds:
+        missing = merged.loc[merged[FOLD_COL].isna(), UID_COL].head(3).tolist()
+        raise ValueError(f"fold file {folds_csv} lacks {int(merged[FOLD_COL].isna().sum())} series, e.g. {missing}")
+    merged[FOLD_COL] = merged[FOLD_COL].fillna(-1).astype(int)
+    return merged
+
+
 def fold_balance(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     """One row per fold: n_series, positive_rate, `<modality> share` columns, per-label positive counts."""
     df = attach_folds(labels, folds)

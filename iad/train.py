@@ -22,16 +22,17 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Train one run as configured; returns its validation weighted AUC (the sweep objective)."""
+    """Train one run as configured; returns its validation score (the sweep objective)."""
     from iad.preflight import preflight
 
     if preflight(cfg, "train"):
         return None
     from iad.training import train
     from iad.training.ddp import ddp_relaunches_this_job
+    from iad.training.run import objective
 
     with ddp_relaunches_this_job():
-        return train(cfg).get("weighted_auc")
+        return objective(train(cfg))
 
 
 if __name__ == "__main__":

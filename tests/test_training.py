@@ -36,6 +36,9 @@ def compose_train(overrides: list[str]):
 def test_every_experiment_composes(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
     assert cfg.name == experiment
+    if cfg.engine == "ultralytics":  # the detectors (tests/test_detection.py)
+        assert cfg.data._target_.endswith("DetectorData") and cfg.model._target_.endswith("YoloModel")
+        return
     assert cfg.data._target_.endswith("RSNASliceDataModule") and cfg.model._target_.startswith("iad.models")
     assert cfg.model.optimizer._partial_ is True
 

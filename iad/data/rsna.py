@@ -19,10 +19,10 @@ from iad.data.dataset import MaskSpec, SliceDataset
 from iad.data.inputs import SliceInput
 from iad.data.samplers import NegativeSubsampler
 from iad.data.slices import SERIES_COL, SLICE_MM_COL, eval_items, holdout_split, series_labels, train_items
-from iad.folds import FOLD_COL, make_folds, read_folds, write_folds
-from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
 from iad.datasets import DatasetSource
 from iad.detection.crops import read_sidecar, sidecar_path
+from iad.folds import FOLD_COL, series_with_folds
+from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers
 from iad.preprocessing import PreprocessConfig, SeriesCache, prepare_dataset
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class RSNASliceDataModule(pl.LightningDataModule):
 
     def __init__(self, dataset: DatasetSource, preprocess: PreprocessConfig, cache_dir: str,
                  input: SliceInput, fold: int | None = 0, holdout_series: int = 0, seed: int = 42,
-                 positive_window: int = 2, background_mm: float | None = None, negative_fraction: float = 1.0, val_stride: int = 1,
+                 positive_window: int = 2, background_mm: float | None = None, negative_fraction: float = 1.0,
+                 val_stride: int = 1,
                  head_crop: bool = True, crop_table: str | None = None, val_center_crop: float = 1.0,
                  train_transform=None, masks: MaskSpec | dict | None = None, use_boxes: bool = True,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
@@ -123,20 +124,8 @@ class RSNASliceDataModule(pl.LightningDataModule):
         self._split()
 
     def _series_with_folds(self) -> pd.DataFrame:
-        labels = read_series_labels(self.source.train_csv)
-        folds_path = Path(self.source.folds_csv)
-        if folds_path.exists():
-            folds = read_folds(folds_path)
-        else:
-            log.info("no fold file at %s: writing multilabel-stratified folds (seed %d)", folds_path, self.seed)
-            folds = make_folds(labels, seed=self.seed)
-            write_folds(folds, folds_path)
-        merged = labels.merge(folds, on=UID_COL, how="left")
-        if merged[FOLD_COL].isna().any() and self.fold is not None:
-            missing = merged.loc[merged[FOLD_COL].isna(), UID_COL].head(3).tolist()
-            raise ValueError(f"fold file {folds_path} lacks {int(merged[FOLD_COL].isna().sum())} series, e.g. {missing}")
-        merged[FOLD_COL] = merged[FOLD_COL].fillna(-1).astype(int)
-        return merged
+        return series_with_folds(self.source.train_csv, self.source.folds_csv, self.seed,
+                                 require_folds=self.fold is not None)
 
     def _crop_boxes(self, series: pd.DataFrame, cache: SeriesCache) -> list:
         table = read_crop_table(self.crop_table) if self.crop_table else {}

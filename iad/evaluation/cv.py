@@ -15,7 +15,8 @@ import shutil
 from hydra.experimental.callback import Callback
 import pandas as pd
 
-from iad.contract import CV_FILE, ERROR_FILE, FOLD_PREFIX, OOF_FILE, RESULT_FILE, fold_runs
+from iad.contract import CV_FILE, DETECTIONS_FILE, ERROR_FILE, FOLD_PREFIX, OOF_FILE, RESULT_FILE, fold_runs
+from iad.evaluation.detections import DETECTOR_REPORT, format_detection_report, is_detector_sweep, merge_detection_sweep
 from iad.evaluation.oof import read_oof, score_oof
 from iad.labels import LABEL_COLS
 from iad.metrics import format_auc
@@ -28,8 +29,13 @@ SWEEP_REGISTRY_ENV = "IAD_SWEEP_REGISTRY"
 
 
 def merge_sweep(sweep_dir: str | Path) -> dict:
-    """Concatenate every fold's OOF file, score it, write oof.csv and cv.json; returns the report."""
+    """Concatenate every fold's OOF file, score it, write oof.csv and cv.json; returns the report.
+
+    A detector sweep merges its folds' out-of-fold detections instead (`iad.evaluation.detections`).
+    """
     sweep_dir = Path(sweep_dir)
+    if is_detector_sweep(sweep_dir):
+        return merge_detection_sweep(sweep_dir)
     frames, folds = [], {}
     for run in fold_runs(sweep_dir):
         status = {"complete": (run / RESULT_FILE).exists(), "failed": (run / ERROR_FILE).exists()}
@@ -52,7 +58,9 @@ def merge_sweep(sweep_dir: str | Path) -> dict:
 
 
 def format_cv_report(report: dict) -> str:
-    """Plain-text CV table: per fold, per modality, per label."""
+    """Plain-text CV table: per fold, per modality, per label (per fold mAP for a detector sweep)."""
+    if report.get("kind") == DETECTOR_REPORT:
+        return format_detection_report(report)
     fmt = format_auc
     lines = [f"{'':<44}{'weighted AUC':>14}{'series':>8}"]
     for name, fold in report.get("folds", {}).items():
@@ -121,11 +129,13 @@ class MergeFoldsCallback(Callback):
                 log.error("sweep merge: %s", err)
                 failed.append(sweep_dir.name)
                 continue
-            print(f"\nCV of {sweep_dir}:\n{format_cv_report(report)}\n→ {sweep_dir / OOF_FILE}, {sweep_dir / CV_FILE}")
+            merged = DETECTIONS_FILE if report.get("kind") == DETECTOR_REPORT else OOF_FILE
+            print(f"\nCV of {sweep_dir}:\n{format_cv_report(report)}\n→ {sweep_dir / merged}, {sweep_dir / CV_FILE}")
             failed += [f"{sweep_dir.name}/{name}" for name, fold in report["folds"].items()
                        if fold.get("failed") and not fold.get("complete")]
-        if len(reports) > 1:
-            print(f"\nConfigurations of this multirun:\n{format_sweeps_table(reports)}")
+        classifier_reports = {name: r for name, r in reports.items() if r.get("kind") != DETECTOR_REPORT}
+        if len(classifier_reports) > 1:
+            print(f"\nConfigurations of this multirun:\n{format_sweeps_table(classifier_reports)}")
         if failed:
             log.error("folds failed: %s (see %s in each)", ", ".join(failed), ERROR_FILE)
             raise SystemExit(1)

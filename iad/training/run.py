@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from importlib import import_module
 import json
 import logging
 from pathlib import Path
@@ -58,13 +59,16 @@ def _build_callbacks(cfg: DictConfig, run_dir: Path, has_validation: bool, oof_w
     return callbacks
 
 
+# How a run learns (the config's `engine`): Lightning for the classifiers, ultralytics' trainer for detectors.
+ENGINES = {"lightning": "iad.training.run:fit_lightning", "ultralytics": "iad.detection.training:fit_detector"}
+
+
 def train(cfg: DictConfig) -> dict:
     """Train one fold (or the full data) as configured; returns the run's result record.
 
     A run whose result.json exists is skipped (set `overwrite=true` to retrain); a run with a
     last.ckpt resumes from it. Failures leave error.txt in the run folder and re-raise.
     """
-    import pytorch_lightning as pl
     from pytorch_lightning.utilities import rank_zero_only
 
     run_dir = Path(cfg.paths.output_dir)
@@ -75,13 +79,16 @@ def train(cfg: DictConfig) -> dict:
     config_hash = _claim_run_dir(run_dir, identity_settings(cfg))
     if result_path.exists():
         result = json.loads(result_path.read_text())
-        log.info("%s is finished (weighted AUC %s); skipping. Pass overwrite=true to retrain.", run_dir,
-                 result.get("weighted_auc"))
-        print(f"{fold_name(cfg.data.fold)}: already finished, weighted AUC {result.get('weighted_auc')}")
+        log.info("%s is finished (%s); skipping. Pass overwrite=true to retrain.", run_dir, headline(result))
+        print(f"{fold_name(cfg.data.fold)}: already finished, {headline(result)}")
         return result
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    engine = cfg.get("engine", "lightning")
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: expected one of {sorted(ENGINES)}")
     try:
-        return _fit(cfg, run_dir, pl, config_hash)
+        module, name = ENGINES[engine].split(":")
+        return getattr(import_module(module), name)(cfg, run_dir, config_hash)
     except Exception:
         with atomic_write(run_dir / ERROR_FILE) as fh:
             fh.write(traceback.format_exc())
@@ -90,7 +97,10 @@ def train(cfg: DictConfig) -> dict:
         _finish_wandb()
 
 
-def _fit(cfg: DictConfig, run_dir: Path, pl, config_hash: str) -> dict:
+def fit_lightning(cfg: DictConfig, run_dir: Path, config_hash: str) -> dict:
+    """Fit a LightningModule on its DataModule; checkpoints, the OOF file and result.json in `run_dir`."""
+    import pytorch_lightning as pl
+
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
@@ -131,6 +141,18 @@ def _fit(cfg: DictConfig, run_dir: Path, pl, config_hash: str) -> dict:
     print(f"{fold_name(cfg.data.fold)}: validation weighted AUC "
           f"{'n/a' if score is None else f'{score:.4f}'} ({result['best_variant']} weights, epoch {result['best_epoch']})")
     return result
+
+
+def headline(result: dict) -> str:
+    """A finished run's score in words: a classifier's weighted AUC, a detector's mAP50."""
+    if "map50" in result:
+        return f"mAP50 {result['map50']}"
+    return f"weighted AUC {result.get('weighted_auc')}"
+
+
+def objective(result: dict) -> float | None:
+    """The number a sweeper maximises: weighted AUC for classifiers, mAP50 for detectors."""
+    return result.get("weighted_auc", result.get("map50"))
 
 
 class RunFolderTaken(RuntimeError):
