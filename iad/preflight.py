@@ -173,16 +173,24 @@ def check_folders(ctx: Context) -> list[Problem]:
 
 # ---- device -------------------------------------------------------------------------------------------
 def _device_key(ctx: Context) -> str:
-    return "trainer.accelerator" if ctx.entry == "train" else "device"
+    if ctx.entry != "train":
+        return "device"
+    return "trainer.device" if ctx.get("engine") == "ultralytics" else "trainer.accelerator"
+
+
+def _asked_device(ctx: Context, key: str) -> str:
+    """The device kind a config asks for; ultralytics names GPUs by index ("0", "0,1")."""
+    value = str(ctx.get(key, "cpu")).split(":")[0]
+    return "cuda" if key == "trainer.device" and value not in ("cpu", "mps") else value
 
 
 @check("device", "train", "predict")
 def check_device(ctx: Context) -> list[Problem]:
     """A GPU asked for must be there (torch is imported only then: it is what Lightning will ask)."""
     key = _device_key(ctx)
-    asked = str(ctx.get(key, "cpu")).split(":")[0]
+    asked = _asked_device(ctx, key)
     ctx.facts["device"] = f"{key}={ctx.get(key)}" + (f", trainer.devices={ctx.get('trainer.devices')}"
-                                                     if ctx.entry == "train" else "")
+                                                     if key == "trainer.accelerator" else "")
     if asked not in GPU_ACCELERATORS:
         return []
     import torch
@@ -303,6 +311,8 @@ def check_pretrained(ctx: Context) -> list[Problem]:
         ctx.facts["pretrained weights"] = str(file)
         return [] if Path(file).is_file() else [Problem("model.pretrained_file", file, "does not exist")]
     pretrained = ctx.get("model.pretrained")
+    if pretrained and ctx.get("engine") == "ultralytics":
+        return _ultralytics_weights(ctx)
     net = NETS.get(ctx.get("model._target_"))
     if not pretrained or net is None:
         ctx.facts["pretrained weights"] = "none (trained from scratch)" if not pretrained else "not checked"
@@ -329,6 +339,23 @@ def check_pretrained(ctx: Context) -> list[Problem]:
     if not reachable(endpoint):
         return [Problem(key, name, f"{hint} ({urlparse(endpoint).hostname} is not reachable)")]
     ctx.facts["pretrained weights"] = f"{source} (downloaded at the start of the run)"
+    return []
+
+
+def _ultralytics_weights(ctx: Context) -> list[Problem]:
+    """A detector's COCO weights: in ultralytics' weights folder, or downloadable (online only)."""
+    from ultralytics.utils import SETTINGS
+
+    stem = Path(str(ctx.get("model.arch"))).stem
+    local = [Path(SETTINGS["weights_dir"]) / f"{stem}.pt", Path(f"{stem}.pt")]
+    found = next((p for p in local if p.is_file()), None)
+    if found:
+        ctx.facts["pretrained weights"] = f"{found} (cached)"
+        return []
+    if os.environ.get("YOLO_OFFLINE") == "1" or hub_offline():
+        return [Problem("model.pretrained_file", None, f"{stem}.pt is not in {local[0].parent} and cannot be downloaded "
+                        "offline: set model.pretrained_file=<local .pt> or model.pretrained=false")]
+    ctx.facts["pretrained weights"] = f"{stem}.pt (downloaded by ultralytics at the start of the run)"
     return []
 
 
@@ -481,8 +508,9 @@ def plan_lines(ctx: Context) -> list[str]:
     """What the run will do, as far as the config says."""
     lines = []
     if ctx.entry == "train":
+        epochs = ctx.get("trainer.max_epochs", ctx.get("trainer.epochs"))  # Lightning's, ultralytics'
         lines += [f"experiment: {ctx.get('name')}", f"fold: {ctx.get('data.fold')}",
-                  f"run folder: {ctx.get('paths.output_dir')}", f"epochs: {ctx.get('trainer.max_epochs')}"]
+                  f"run folder: {ctx.get('paths.output_dir')}", f"epochs: {epochs}"]
     elif ctx.entry == "predict":
         lines += [f"mode: {ctx.get('mode')}", f"models: {ctx.get('model_path')}", f"output: {ctx.get('output_dir')}"]
     else:

@@ -132,6 +132,26 @@ def test_detector_experiments_keep_the_reference_settings(tmp_path):
     assert exp1.data.fold is None and exp0.dataset.name == exp1.dataset.name == "rsna"
 
 
+def test_preflight_names_what_a_detector_run_lacks_here(tmp_path, monkeypatch):
+    """exp0 offline on a CPU machine: no COCO weights to download, no GPU "0"; the demo has neither problem."""
+    from hydra import compose, initialize_config_dir
+
+    from iad.preflight import run_preflight
+    from iad.utils.config import CONFIG_DIR
+
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    overrides = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        exp0 = compose("train", overrides=["experiment=exp0_yolo11x_aneurysm", *overrides])
+        demo = compose("train", overrides=["experiment=demo_yolo_aneurysm", *overrides])
+    keys = {p.key for p in run_preflight(exp0, "train") if p.fatal}
+    assert "model.pretrained_file" in keys
+    import torch
+
+    assert ("trainer.device" in keys) == (not torch.cuda.is_available())
+    assert not [p for p in run_preflight(demo, "train") if p.fatal and p.key.startswith(("model.", "trainer."))]
+
+
 # ---- real runs -------------------------------------------------------------------------------------
 def detector_overrides(workspace: Path, experiment: str, name: str) -> list[str]:
     return [f"experiment={experiment}", f"name={name}", f"paths.data_dir={workspace / 'data'}",
