@@ -4,7 +4,7 @@ Both sides are ultralytics' own YOLODataset with the same augmentation settings 
 flips, no mosaic/mixup) on the same 2.5D stacks and boxes of a 200×512² CT series; one side reads
 memory-mapped cache slices (`iad.detection.dataset.CachedSliceDataset`), the other one 3-channel PNG
 per slice plus a YOLO label file (the reference's export). One process (= one loader worker), random
-order. Usage: python benchmarks/detector_data.py [--samples 300] [--imgsz 640]
+order, alternating rounds. Usage: python benchmarks/detector_data.py [--samples 300] [--imgsz 640] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -87,31 +87,49 @@ def datasets(cache: SeriesCache, uid: str, imgsz: int) -> dict:
     }
 
 
-def samples_per_second(dataset, n: int) -> float:
-    order = np.random.default_rng(1).integers(0, len(dataset), size=n)
-    dataset[int(order[0])]
+def samples_per_second(fetch, n: int, size: int) -> float:
+    order = np.random.default_rng(1).integers(0, size, size=n)
+    fetch(int(order[0]))
     start = time.perf_counter()
     for i in order:
-        dataset[int(i)]
+        fetch(int(i))
     return n / (time.perf_counter() - start)
+
+
+def measures(dataset) -> dict:
+    """The image read alone (file decode vs memory-mapped slices), and the whole augmented sample."""
+    def read(i: int):
+        dataset.ims[i] = None  # past ultralytics' in-memory buffer: every read hits the source
+        return dataset.load_image(i)
+
+    return {"image read": read, "augmented sample": dataset.__getitem__}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     cache, uid = cached_series()
-    rates = {name: samples_per_second(ds, args.samples) for name, ds in datasets(cache, uid, args.imgsz).items()}
-    base = rates["PNG per slice (ultralytics YOLODataset)"]
-    print(f"{args.samples} augmented detector samples at {args.imgsz} px from {SIDE}² slices, one worker (1 thread)")
-    print(f"{'source':<44}{'samples/s':>12}{'vs PNG':>9}")
-    for name, rate in rates.items():
-        print(f"{name:<44}{rate:>12.0f}{rate / base:>8.2f}x")
+    sources = datasets(cache, uid, args.imgsz)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):  # alternate the sources, so a busy machine slows both alike
+        for name, dataset in sources.items():
+            for what, fetch in measures(dataset).items():
+                rates.setdefault((what, name), []).append(samples_per_second(fetch, args.samples, len(dataset)))
+    print(f"{args.samples} detector samples at {args.imgsz} px from {SIDE}² slices, one worker (1 thread), "
+          f"median of {args.rounds} alternating rounds")
+    print(f"{'':<20}{'source':<44}{'samples/s':>12}{'vs PNG':>9}")
+    for what in ("image read", "augmented sample"):
+        base = float(np.median(rates[(what, "PNG per slice (ultralytics YOLODataset)")]))
+        for name in sources:
+            rate = float(np.median(rates[(what, name)]))
+            print(f"{what:<20}{name:<44}{rate:>12.0f}{rate / base:>8.2f}x")
     png_mb = sum(p.stat().st_size for p in (WORK / "png").rglob("*")) / 2**20
     print(f"disk: PNG export {png_mb:.0f} MiB written besides the cache; the cache-fed dataset writes an item table only")
 
