@@ -426,6 +426,21 @@ def check_model_path(ctx: Context) -> list[Problem]:
     return [problem] if problem else []
 
 
+@check("aneurysm_detector", "predict")
+def check_aneurysm_detector(ctx: Context) -> list[Problem]:
+    """`aneurysm_detector.path`, when set, must hold detector files (`iad.contract.detectors_in`)."""
+    from iad.contract import detectors_in
+
+    raw = ctx.get("aneurysm_detector.path")
+    if raw is None:
+        return []
+    try:
+        detectors_in(raw)
+    except FileNotFoundError as err:
+        return [Problem("aneurysm_detector.path", raw, str(err))]
+    return []
+
+
 @check("input", "predict")
 def check_input(ctx: Context) -> list[Problem]:
     if ctx.get("mode") != "submission":
