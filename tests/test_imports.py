@@ -25,7 +25,8 @@ TORCH_FREE = [
     "iad.preflight", "ensemble",  # the entry point, before Hydra runs it
 ]
 TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
-INFERENCE = ["iad.inference", "iad.inference.kaggle", "iad.inference.loading", "iad.inference.predictor"]
+INFERENCE = ["iad.inference", "iad.inference.kaggle", "iad.inference.loading", "iad.inference.predictor",
+             "iad.detection.detector", "iad.utils.weights"]
 NOT_AT_INFERENCE = ("lightning", "pytorch_lightning", "hydra", "sklearn", "scipy", "wandb", "torchmetrics", "iterstrat")
 
 

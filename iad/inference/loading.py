@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-import pickle
 
 import torch
 from torch import nn
@@ -32,10 +31,7 @@ from iad.contract import (
 )
 from iad.data.inputs import SliceInput
 from iad.models.nets import build_net, net_family
-
-
-class UnsafeModelFile(ContractError):
-    """A model file holds pickled objects beyond tensors and plain data; it is not loaded."""
+from iad.utils.weights import UnsafeModelFile, load_weights_only, save_weights_only  # noqa: F401 - UnsafeModelFile: re-exported
 
 
 @dataclass
@@ -62,15 +58,7 @@ class LoadedModel:
 def read_model_file(path: str | Path) -> dict:
     """A checkpoint or model file's contents, weights-only; refuses pickled code, naming the file."""
     path = Path(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeModelFile(
-            f"{path}: refused, it holds pickled objects beyond tensors and plain data and may run code when "
-            f"loaded ({str(err).splitlines()[0]}). Only load such a file with torch.load(weights_only=False) "
-            "if you trust where it came from.") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ContractError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from err
+    blob = load_weights_only(path)
     if not isinstance(blob, dict):
         raise ContractError(f"{path}: not an iad checkpoint or model file (holds a {type(blob).__name__})")
     missing = [key for key in (CONFIG_KEY, MODEL_KEY, INPUT_KEY, WEIGHTS_KEY, STATE_DICT_KEY) if key not in blob]
@@ -103,8 +91,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 
 def export_model(model: LoadedModel, path: str | Path) -> None:
     """Write the weights-only model file a bundle holds (no optimiser state, no raw/EMA duplicate)."""
-    from iad.utils.io import atomic_write
-
     blob = {
         FORMAT_KEY: MODEL_FILE_FORMAT,
         STATE_DICT_KEY: model.net.state_dict(),
@@ -113,5 +99,4 @@ def export_model(model: LoadedModel, path: str | Path) -> None:
         MODEL_KEY: model.model_spec.to_dict(),
         INPUT_KEY: model.input_spec.to_dict(),
     }
-    with atomic_write(path, "wb") as fh:
-        torch.save(blob, fh)
+    save_weights_only(blob, path)
