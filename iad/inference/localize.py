@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-import hashlib
 from pathlib import Path
 import shutil
 
@@ -18,6 +17,7 @@ from iad.contract import MODEL_FILE_SUFFIX, ContractError, detectors_in, fold_na
 from iad.detection.findings import DetectorCost, Finding, detection_slices, scale_box, strongest_detection
 from iad.dicom.headers import FrameRef
 from iad.ensembling.spec import ANEURYSM_DETECTOR_KEY
+from iad.utils.weights import file_sha256
 
 BUNDLE_DETECTOR_DIR = "detectors/aneurysm"  # a bundle's aneurysm detector files: fold_<i>.pt
 
@@ -67,14 +67,6 @@ class AneurysmLocalizer:
         rows, cols = original_hw
         finding.image = cv2.resize(volume[best.slice_index], (cols, rows), interpolation=cv2.INTER_LINEAR)
         return finding
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_digests(files: Sequence[Path], digests: Mapping[str, str]) -> None:
