@@ -428,16 +428,32 @@ def check_model_path(ctx: Context) -> list[Problem]:
 
 @check("aneurysm_detector", "predict")
 def check_aneurysm_detector(ctx: Context) -> list[Problem]:
-    """`aneurysm_detector.path`, when set, must hold detector files (`iad.contract.detectors_in`)."""
-    from iad.contract import detectors_in
+    """The aneurysm detector `localize=true` (or a bundle export) loads must hold detector files: `aneurysm_detector.path`,
+    else the spec's or bundle's entry (`iad.contract.detectors_in`)."""
+    import json
 
-    raw = ctx.get("aneurysm_detector.path")
+    from iad.contract import BUNDLE_FILE, detectors_in
+
+    key, raw = "aneurysm_detector.path", ctx.get("aneurysm_detector.path")
     if raw is None:
-        return []
+        if not ctx.get("localize") and ctx.get("mode") != "bundle":  # a bundle carries the spec's detector
+            return []
+        model_path = Path(ctx.get("model_path") or "")
+        spec_path = model_path / BUNDLE_FILE if (model_path / BUNDLE_FILE).exists() else model_path
+        try:
+            entry = json.loads(spec_path.read_text()).get("aneurysm_detector") if spec_path.suffix == ".json" else None
+        except (OSError, ValueError, AttributeError):
+            return []  # model_path's own check reports an unreadable spec
+        if entry is None or not isinstance(entry.get("path"), str):
+            note = Problem(key, None, "localize=true without an aneurysm detector (set it, or use a spec or bundle that "
+                                      "names one): findings get no boxes", fatal=False)
+            return [note] if ctx.get("localize") else []
+        key, raw = f"model_path {spec_path.name} aneurysm_detector", entry["path"]
+        raw = raw if Path(raw).is_absolute() else str(spec_path.parent / raw)
     try:
         detectors_in(raw)
     except FileNotFoundError as err:
-        return [Problem("aneurysm_detector.path", raw, str(err))]
+        return [Problem(key, raw, str(err))]
     return []
 
 

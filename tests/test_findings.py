@@ -331,3 +331,33 @@ def test_predict_command_localize_end_to_end(detector_sweep, tmp_path):
         assert png.shape[:2] == _original_hw(unseen / "series" / uid)
     timings = pd.read_csv(tmp_path / "pred" / "timings.csv")
     assert (timings["detect_s"] > 0).all()
+
+
+def test_preflight_checks_the_detector_localize_would_load(detector_sweep, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from iad.preflight import run_preflight
+    from iad.utils.config import CONFIG_DIR
+
+    member = {"name": "m", "path": str(tmp_path), "weight": 1.0, "hflip_tta": False, "center_crop": 1.0}
+    spec = make_spec([member], {}, aneurysm_detector={"path": "exp0-missing"})
+    (tmp_path / "ensemble.json").write_text(json.dumps(spec))
+
+    def problems(*overrides):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("predict", overrides=[f"paths.log_dir={tmp_path}/logs", f"output_dir={tmp_path}/out",
+                                                f"model_path={tmp_path / 'ensemble.json'}", *overrides])
+        return {p.key: p for p in run_preflight(cfg, "predict") if "aneurysm_detector" in p.key}
+
+    missing = problems("localize=true", f"aneurysm_detector.path={tmp_path}/nothing")["aneurysm_detector.path"]
+    assert missing.fatal and "no detector in" in missing.message and missing.path == f"{tmp_path}/nothing"
+    assert problems("localize=true", f"aneurysm_detector.path={detector_sweep}") == {}
+    from_spec = problems("localize=true")["model_path ensemble.json aneurysm_detector"]
+    assert from_spec.fatal and from_spec.path == str(tmp_path / "exp0-missing")
+    assert problems() == {}  # not localizing: the spec's detector is not loaded, not checked
+    assert problems("mode=bundle")["model_path ensemble.json aneurysm_detector"].fatal  # a bundle copies it
+    spec.pop("aneurysm_detector")
+    (tmp_path / "ensemble.json").write_text(json.dumps(spec))
+    note = problems("localize=true")["aneurysm_detector.path"]
+    assert not note.fatal and "without an aneurysm detector" in note.message
+    assert problems("mode=bundle") == {}
