@@ -57,6 +57,7 @@ WEIGHTS_KEY = "iad_weights"  # state_dict prefix of the inference weights ("net.
 VARIANT_KEY = "iad_best_variant"  # "raw" or "ema": which weights validation preferred
 STATE_DICT_KEY = "state_dict"
 DETECTOR_KEY = "iad_detector"  # DetectorSpec.to_dict()
+BRAIN_DETECTOR_KEY = "iad_brain_detector"  # model file: the bytes (uint8 tensor) of the brain detector its crops need
 
 
 def fold_name(fold) -> str:
@@ -181,6 +182,9 @@ class InputSpec:
     head_crop: crop slices to the head box of the mean image when no crop box is given.
     val_center_crop: centred crop ratio after the series box, as validated.
     masks: the segmentation-target settings (None for classifiers); kept for completeness.
+    brain_crop: the brain detector whose crop table training used ({"detector": its file, "sha256",
+        "min_confidence"}, from the table's sidecar; `iad.detection.crops`): inference crops with the
+        same detector and rule. None: the head box (`head_crop`) or no crop.
     label_prevalence: training share of each label: the fallback row of an unreadable series.
     """
 
@@ -191,6 +195,7 @@ class InputSpec:
     masks: dict | None = None
     label_cols: tuple[str, ...] = tuple(LABEL_COLS)
     label_prevalence: tuple[float, ...] = field(default_factory=lambda: (0.5,) * len(LABEL_COLS))
+    brain_crop: dict | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_cols", tuple(self.label_cols))
@@ -202,7 +207,8 @@ class InputSpec:
         return {"preprocess": self.preprocess.to_dict(), "slice_input": self.slice_input.to_dict(),
                 "head_crop": self.head_crop, "val_center_crop": self.val_center_crop,
                 "masks": dict(self.masks) if self.masks else None, "label_cols": list(self.label_cols),
-                "label_prevalence": list(self.label_prevalence)}
+                "label_prevalence": list(self.label_prevalence),
+                "brain_crop": dict(self.brain_crop) if self.brain_crop else None}
 
     @classmethod
     def from_dict(cls, blob: Mapping, source: str = "input spec") -> InputSpec:

@@ -22,6 +22,7 @@ from iad.data.slices import SERIES_COL, SLICE_MM_COL, eval_items, holdout_split,
 from iad.folds import FOLD_COL, make_folds, read_folds, write_folds
 from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
 from iad.datasets import DatasetSource
+from iad.detection.crops import read_sidecar, sidecar_path
 from iad.preprocessing import PreprocessConfig, SeriesCache, prepare_dataset
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,10 @@ class RSNASliceDataModule(pl.LightningDataModule):
     negative_fraction: share of negative slices drawn afresh each epoch.
     val_stride: every n-th slice of a validation series is scored.
     crop_table: CSV of per-series normalised crop boxes (from the brain detector); without it a
-        head box found on the mean-over-slices image is used when `head_crop`.
+        head box found on the mean-over-slices image is used when `head_crop`. Its sidecar JSON
+        (`python -m iad.detection.crop_table` writes one) names the detector, which the checkpoints
+        record (`InputSpec.brain_crop`) so that inference crops with it; without one, inference
+        uses the head box.
     val_center_crop: centred crop ratio applied after the series box at validation (0.75 in the
         reference's test-time setting).
     masks: segmentation targets for models that ask for them (None for classifiers).
@@ -67,6 +71,11 @@ class RSNASliceDataModule(pl.LightningDataModule):
         self.val_stride = val_stride
         self.head_crop = head_crop
         self.crop_table = crop_table
+        self.brain_crop = read_sidecar(crop_table) if crop_table else None
+        if crop_table and self.brain_crop is None:
+            log.warning("crop table %s has no sidecar %s naming its detector: the checkpoints record none, and "
+                        "inference will crop with the head box, not this table's boxes", crop_table,
+                        sidecar_path(crop_table))
         self.val_center_crop = val_center_crop
         self.train_transform = train_transform
         self.masks = MaskSpec(**masks) if isinstance(masks, Mapping) else masks
@@ -229,4 +238,5 @@ class RSNASliceDataModule(pl.LightningDataModule):
         return InputSpec(preprocess=self.preprocess, slice_input=self.input.spec(), head_crop=self.head_crop,
                          val_center_crop=float(self.val_center_crop),
                          masks=asdict(self.masks) if self.masks else None, label_cols=tuple(LABEL_COLS),
-                         label_prevalence=tuple(self.labels[self.train_rows].mean(axis=0).round(6).tolist()))
+                         label_prevalence=tuple(self.labels[self.train_rows].mean(axis=0).round(6).tolist()),
+                         brain_crop=self.brain_crop)

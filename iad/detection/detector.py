@@ -54,9 +54,12 @@ def export_detector(net: nn.Module, spec: DetectorSpec, path: str | Path, metric
     return save_weights_only(blob, path)
 
 
-def read_detector_file(path: str | Path) -> dict:
-    """A detector file's contents, weights-only; refuses pickled code and other files, naming the file."""
-    blob = load_weights_only(path, "detector file")
+def read_detector_file(path: str | Path, data: bytes | None = None) -> dict:
+    """A detector file's contents, weights-only; refuses pickled code and other files, naming the file.
+
+    `data`: the file's bytes when held in memory (a model file carries its brain detector so).
+    """
+    blob = load_weights_only(path, "detector file", data)
     if not isinstance(blob, dict) or blob.get(FORMAT_KEY) != DETECTOR_FORMAT:
         found = blob.get(FORMAT_KEY) if isinstance(blob, dict) else type(blob).__name__
         raise ContractError(f"{path}: not a detector file (format {found!r}, expected {DETECTOR_FORMAT!r})")
@@ -66,11 +69,11 @@ def read_detector_file(path: str | Path) -> dict:
     return blob
 
 
-def load_detector(path: str | Path, device: str | torch.device = "cpu") -> LoadedDetector:
-    """Rebuild a detector from its file offline (no weights download), strict weights, eval mode, fused."""
+def load_detector(path: str | Path, device: str | torch.device = "cpu", data: bytes | None = None) -> LoadedDetector:
+    """Rebuild a detector from its file (or its bytes, `data`) offline: strict weights, eval mode, fused."""
     from ultralytics.nn.tasks import DetectionModel
 
-    blob = read_detector_file(path)
+    blob = read_detector_file(path, data)
     spec = DetectorSpec.from_dict(blob[DETECTOR_KEY], f"{path}: {DETECTOR_KEY}")
     net = DetectionModel(cfg=blob[ARCHITECTURE_KEY], nc=len(spec.classes), verbose=False)
     try:

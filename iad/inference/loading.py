@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from iad.contract import (
+    BRAIN_DETECTOR_KEY,
     CONFIG_KEY,
     FORMAT_KEY,
     INPUT_KEY,
@@ -33,6 +35,9 @@ from iad.data.inputs import SliceInput
 from iad.models.nets import build_net, net_family
 from iad.utils.weights import UnsafeModelFile, load_weights_only, save_weights_only  # noqa: F401 - UnsafeModelFile: re-exported
 
+# brain detectors already loaded, by (SHA-256, device): the fold models of a member share one
+_DETECTORS: dict[tuple[str, str], object] = {}
+
 
 @dataclass
 class LoadedModel:
@@ -43,6 +48,8 @@ class LoadedModel:
     input_spec: InputSpec
     config: dict = field(repr=False)
     source: str = ""
+    brain_detector: object | None = field(default=None, repr=False)  # LoadedDetector when InputSpec.brain_crop
+    brain_detector_file: bytes | None = field(default=None, repr=False)  # its file's bytes (checked), for export
     class_logits: Callable[[nn.Module, torch.Tensor], torch.Tensor] = field(init=False, repr=False)
     slice_input: SliceInput = field(init=False, repr=False)
 
@@ -85,8 +92,39 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     input_spec.check_labels(source)
     net = build_net(model_spec, pretrained=False)
     net.load_state_dict(inference_weights(blob, source))
-    return LoadedModel(net=net.to(device).eval(), model_spec=model_spec, input_spec=input_spec,
-                       config=blob[CONFIG_KEY], source=source)
+    model = LoadedModel(net=net.to(device).eval(), model_spec=model_spec, input_spec=input_spec,
+                        config=blob[CONFIG_KEY], source=source)
+    if input_spec.brain_crop:
+        model.brain_detector_file = brain_detector_bytes(blob, input_spec.brain_crop, source)
+        model.brain_detector = _shared_detector(model.brain_detector_file, input_spec.brain_crop, device)
+    return model
+
+
+def brain_detector_bytes(blob: dict, brain_crop: dict, source: str) -> bytes:
+    """The brain detector file a model's crops need: carried in the model file (bundles), else the file
+    training recorded; either way its SHA-256 must be the recorded one."""
+    if BRAIN_DETECTOR_KEY in blob:
+        data, where = blob[BRAIN_DETECTOR_KEY].numpy().tobytes(), f"{source} (the brain detector it carries)"
+    else:
+        path = Path(brain_crop["detector"])
+        if not path.is_file():
+            raise ContractError(f"{source}: trained on the crops of brain detector {path}, which is not here; "
+                                "export a bundle (it carries the detector) to use the model elsewhere")
+        data, where = path.read_bytes(), str(path)
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != brain_crop["sha256"]:
+        raise ContractError(f"{where}: brain detector SHA-256 {sha[:16]}... is not the {brain_crop['sha256'][:16]}... "
+                            f"that {source} was trained with (the detector file changed)")
+    return data
+
+
+def _shared_detector(data: bytes, brain_crop: dict, device):
+    from iad.detection.detector import load_detector
+
+    key = (brain_crop["sha256"], str(device))
+    if key not in _DETECTORS:
+        _DETECTORS[key] = load_detector(brain_crop["detector"], device, data=data)
+    return _DETECTORS[key]
 
 
 def export_model(model: LoadedModel, path: str | Path) -> None:
@@ -99,4 +137,6 @@ def export_model(model: LoadedModel, path: str | Path) -> None:
         MODEL_KEY: model.model_spec.to_dict(),
         INPUT_KEY: model.input_spec.to_dict(),
     }
+    if model.brain_detector_file is not None:  # the model file carries its brain detector: a bundle crops anywhere
+        blob[BRAIN_DETECTOR_KEY] = torch.frombuffer(bytearray(model.brain_detector_file), dtype=torch.uint8)
     save_weights_only(blob, path)

@@ -15,6 +15,7 @@ import torch
 
 from iad.contract import BUNDLE_FILE
 from iad.data.crops import FULL_BOX, center_crop, head_box
+from iad.detection.crops import CropDecision, brain_crop
 from iad.detection.findings import DetectorCost, Finding
 from iad.dicom import ReadLimits, SeriesTimeout, resolve_workers, scan_series, warm_pool
 from iad.dicom.decode_pool import DEFAULT_POOL
@@ -87,6 +88,7 @@ class Prediction:
     timings: Timings = field(default_factory=Timings)
     fallback_reason: str | None = None
     finding: Finding | None = None
+    crops: dict[str, CropDecision] = field(default_factory=dict)  # member name → the series box its models used
 
 
 class Predictor:
@@ -196,10 +198,11 @@ class Predictor:
                 timings.preprocess += time.perf_counter() - begin
             return volumes[config.key]
 
+        crops: dict[str, CropDecision] = {}
         scores = SliceScores(len(stored.slices)) if localize else None
-        probabilities = self._blend(volume_for, timings, deadline, scores)
+        probabilities = self._blend(volume_for, timings, deadline, crops, scores)
         finding = self._locate(series_dir, stored, volume_for, probabilities, scores, timings, deadline) if localize else None
-        return Prediction(probabilities, timings, finding=finding)
+        return Prediction(probabilities, timings, crops=crops, finding=finding)
 
     def _locate(self, series_dir, stored, volume_for, probabilities: dict[str, float], scores: SliceScores,
                 timings: Timings, deadline: float | None) -> Finding:
@@ -232,22 +235,40 @@ class Predictor:
                 raise ValueError(f"volume preprocessed with {preprocess_key}, a model expects {config.key}")
             return volume, mean_image
 
-        timings = Timings()
-        return Prediction(self._blend(volume_for, timings, None), timings)
+        timings, crops = Timings(), {}
+        return Prediction(self._blend(volume_for, timings, None, crops), timings, crops=crops)
 
     def _blend(self, volume_for, timings: Timings, deadline: float | None,
-               scores: SliceScores | None = None) -> dict[str, float]:
+               crops: dict[str, CropDecision], scores: SliceScores | None = None) -> dict[str, float]:
         stacks: dict[tuple, torch.Tensor] = {}  # the fold models of a member usually share one input
+        decisions: dict[tuple, CropDecision] = {}  # one series box per (cache, crop rule): one detector run
+
+        def series_crop(model: LoadedModel) -> CropDecision:
+            spec, detector = model.input_spec, model.brain_detector
+            key = crop_key(spec)
+            if key not in decisions:
+                if detector is not None:  # the brain detector and rule its crop table came from
+                    _, mean_image = volume_for(detector.spec.preprocess)
+                    start = time.perf_counter()
+                    decisions[key] = brain_crop(detector.detect_mean(mean_image), detector.spec.classes, mean_image,
+                                                float(spec.brain_crop["min_confidence"]))
+                    timings.model += time.perf_counter() - start
+                elif spec.head_crop:
+                    decisions[key] = CropDecision(head_box(volume_for(spec.preprocess)[1]), "", 0.0, "head_box")
+                else:
+                    decisions[key] = CropDecision(FULL_BOX, "", 0.0, "none")
+            return decisions[key]
 
         def input_for(model: LoadedModel, member: LoadedMember) -> torch.Tensor:
             spec = model.input_spec
             ratio = spec.val_center_crop if member.center_crop is None else member.center_crop
             stride = member.cost.slice_stride
-            key = (spec.preprocess.key, spec.slice_input, spec.head_crop, ratio, stride)
+            crops[member.name] = series_crop(model)
+            key = (spec.preprocess.key, spec.slice_input, crop_key(spec), ratio, stride)
             if key not in stacks:
-                pixels, mean_image = volume_for(spec.preprocess)
+                pixels, _ = volume_for(spec.preprocess)
                 start = time.perf_counter()
-                box = center_crop(head_box(mean_image) if spec.head_crop else FULL_BOX, ratio)
+                box = center_crop(crops[member.name].box, ratio)
                 stacks[key] = torch.stack([model.slice_input(pixels, z, box) for z in range(0, pixels.shape[0], stride)])
                 timings.model += time.perf_counter() - start
             return stacks[key]
@@ -294,6 +315,13 @@ class Predictor:
             flipped = model.slice_probabilities(images.flip(-1))[:, list(FLIP_PERM)]
             probs = (probs + flipped) / 2
         return probs.cpu()
+
+
+def crop_key(spec) -> tuple:
+    """What decides a series box: the cache, and the brain detector and threshold (or the head-box switch)."""
+    if spec.brain_crop:
+        return (spec.preprocess.key, spec.brain_crop["sha256"], float(spec.brain_crop["min_confidence"]))
+    return (spec.preprocess.key, bool(spec.head_crop))
 
 
 class SliceScores:

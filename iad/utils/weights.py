@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 import pickle
 from typing import Any
@@ -17,11 +18,13 @@ class UnsafeModelFile(ContractError):
     """A model file holds pickled objects beyond tensors and plain data; it is not loaded."""
 
 
-def load_weights_only(path: str | Path, what: str = "model file") -> Any:
-    """A file's contents via `torch.load(weights_only=True)`; refuses pickled code, naming the file."""
-    path = Path(path)
+def load_weights_only(path: str | Path, what: str = "model file", data: bytes | None = None) -> Any:
+    """A file's contents via `torch.load(weights_only=True)`; refuses pickled code, naming the file.
+
+    `data`: the file's bytes when they are held in memory (`path` then only names them in errors).
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data) if data is not None else Path(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeModelFile(
             f"{path}: refused, it holds pickled objects beyond tensors and plain data and may run code when "
@@ -41,8 +44,4 @@ def save_weights_only(blob: dict, path: str | Path) -> Path:
 
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

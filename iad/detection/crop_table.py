@@ -1,0 +1,81 @@
+"""Brain crop table of a dataset: `python -m iad.detection.crop_table detector=<brain detector run or detector.pt>
+dataset=rsna [min_confidence=0.25] [out=<csv>]`.
+
+Runs the brain detector over every cached series' mean image (the cache of the detector's own
+preprocessing, built first where missing) and writes `<detector run>/crops/<dataset>.csv` (the crop
+table `data.crop_table` takes) with its sidecar JSON naming the detector; see `iad.detection.crops`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from iad.contract import CHECKPOINT_DIR, detector_file
+from iad.detection.images import mean_stack
+from iad.utils.config import CONFIG_DIR
+from iad.utils.env import setup_env
+
+setup_env()
+
+CROPS_DIR = "crops"
+
+
+def resolve_detector(path: str | Path) -> tuple[Path, Path]:
+    """(detector file, its run folder) of a detector run folder or a detector file."""
+    path = Path(path)
+    if path.is_dir():
+        if not detector_file(path).exists():
+            raise FileNotFoundError(f"{path}: no {detector_file('.')} in this detector run folder")
+        return detector_file(path), path
+    if not path.exists():
+        raise FileNotFoundError(f"detector {path} does not exist")
+    return path, path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+
+
+def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, out: str | Path | None = None,
+                     min_confidence: float = 0.25, workers: int = 0, batch_size: int = 32,
+                     device: str = "cpu") -> tuple[Path, Counter]:
+    """Crop every cached series of `source` (a DatasetSource) with the brain detector; returns the table
+    path and the counts per source ("detector", "head_box: <reason>", "not cached")."""
+    from iad.detection.crops import brain_crop, crop_row, write_crop_table
+    from iad.detection.detector import load_detector
+    from iad.labels import UID_COL, read_series_labels
+    from iad.preprocessing import prepare_dataset
+    from iad.utils.weights import file_sha256
+
+    path, run_dir = resolve_detector(detector_path)
+    detector = load_detector(path, device)
+    if detector.spec.image != "mean":
+        raise ValueError(f"{path}: a {detector.spec.task} detector on {detector.spec.image!r} images; "
+                         "a crop table needs the brain detector (mean images)")
+    cache, _ = prepare_dataset(source, cache_root, detector.spec.preprocess, workers=workers)
+    uids = list(read_series_labels(source.train_csv)[UID_COL])
+    counts: Counter = Counter(not_cached=sum(not cache.has(uid) for uid in uids))
+    uids = [uid for uid in uids if cache.has(uid)]
+    rows = []
+    for start in range(0, len(uids), batch_size):
+        chunk = uids[start:start + batch_size]
+        means = [cache.mean_image(uid) for uid in chunk]
+        # every detection (conf 0.001, as ultralytics validates): the rule, not the detector, applies min_confidence
+        for uid, mean, found in zip(chunk, means, detector.detect([mean_stack(m) for m in means])):
+            decision = brain_crop(found, detector.spec.classes, mean, min_confidence)
+            counts[decision.source if decision.reason is None else f"{decision.source}: {decision.reason}"] += 1
+            rows.append(crop_row(uid, decision))
+    out = Path(out) if out else run_dir / CROPS_DIR / f"{source.name}.csv"
+    return write_crop_table(rows, out, path, file_sha256(path), min_confidence), counts
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="crop_table", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    table, counts = build_crop_table(cfg.detector, instantiate(cfg.dataset), cfg.paths.cache_dir, cfg.out,
+                                     cfg.min_confidence, cfg.workers, cfg.batch_size, cfg.device)
+    print(f"crop table {table}: " + ", ".join(f"{key} {n}" for key, n in sorted(counts.items())))
+
+
+if __name__ == "__main__":
+    main()
