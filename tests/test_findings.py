@@ -285,6 +285,9 @@ def test_bundle_carries_the_detectors_with_their_sha256(series, classifier, dete
     damaged.write_bytes(bytes(content))
     with pytest.raises(ContractError, match="fold_0.pt: sha256 differs"):
         Predictor.load(tmp_path / "bundle", localize=True)
+    damaged.unlink()
+    with pytest.raises(ContractError, match=r"\['fold_0.pt'\] recorded with their sha256 are missing"):
+        Predictor.load(tmp_path / "bundle", localize=True, aneurysm_cost={"folds": [0]})
 
 
 def test_kaggle_adapter_still_returns_14_columns_from_a_bundle_with_a_detector(series, classifier, detector_sweep,

@@ -16,7 +16,7 @@ import numpy as np
 from iad.contract import MODEL_FILE_SUFFIX, ContractError, detectors_in, fold_name
 from iad.detection.findings import DetectorCost, Finding, detection_slices, scale_box, strongest_detection
 from iad.dicom.headers import FrameRef
-from iad.ensembling.spec import ANEURYSM_DETECTOR_KEY
+from iad.ensembling.spec import ALL_FOLDS, ANEURYSM_DETECTOR_KEY
 from iad.utils.weights import file_sha256
 
 BUNDLE_DETECTOR_DIR = "detectors/aneurysm"  # a bundle's aneurysm detector files: fold_<i>.pt
@@ -69,7 +69,11 @@ class AneurysmLocalizer:
         return finding
 
 
-def _check_digests(files: Sequence[Path], digests: Mapping[str, str]) -> None:
+def _check_digests(folder: str | Path, found: Sequence[Path], files: Sequence[Path], digests: Mapping[str, str]) -> None:
+    """Every file a digest is recorded for is there, and each of `files` (those loaded) has its recorded digest."""
+    missing = sorted(set(digests) - {path.name for path in found})
+    if missing:
+        raise ContractError(f"{folder}: detector file(s) {missing} recorded with their sha256 are missing")
     for path in files:
         expected = digests.get(path.name)
         if expected is not None and file_sha256(path) != expected:
@@ -83,9 +87,9 @@ def load_localizer(path: str | Path, cost: DetectorCost | None = None, device: s
     from iad.inference.predictor import select_folds
 
     cost = cost or DetectorCost()
-    files = select_folds(detectors_in(path), list(cost.folds) if cost.folds != "all" else cost.folds,
-                         f"aneurysm detector {path}")
-    _check_digests(files, digests or {})
+    found = detectors_in(path)
+    files = select_folds(found, cost.folds, f"aneurysm detector {path}")
+    _check_digests(path, found, files, digests or {})
     return AneurysmLocalizer([load_detector(f, device=device) for f in files], cost, files)
 
 
@@ -111,4 +115,4 @@ def export_localizer(localizer: AneurysmLocalizer, out_dir: str | Path) -> dict:
         shutil.copyfile(source, partial)
         partial.replace(target / name)
         digests[name] = file_sha256(target / name)
-    return {"path": BUNDLE_DETECTOR_DIR, "sha256": digests, **localizer.cost.to_dict(), "folds": "all"}
+    return {"path": BUNDLE_DETECTOR_DIR, "sha256": digests, **localizer.cost.to_dict(), "folds": ALL_FOLDS}
