@@ -104,8 +104,10 @@ class LoadedDetector:
         """Per image, a (K, 6) float32 array of [x0, y0, x1, y1, confidence, class index], by confidence.
 
         `images`: N×H×W×C uint8 (or a list of H×W×C): channels fed as given (module docstring).
-        Boxes are in each input image's pixels. As ultralytics' validator: letterbox to `spec.imgsz`
-        (square, grey 114 padding), /255, multi-label NMS at `conf` / `iou`, boxes scaled back.
+        Boxes are in each input image's pixels. As ultralytics' validator: long side to `spec.imgsz`
+        (bilinear), grey-114 padding, /255, multi-label NMS at `conf` / `iou`, boxes scaled back. The
+        validator pads a batch to its own rectangle, this to the square: the same input for square
+        images (the cache's, with `preprocess.image_size` set).
         """
         from ultralytics.data.augment import LetterBox
         from ultralytics.utils import nms, ops
@@ -142,7 +144,5 @@ class LoadedDetector:
 
     def detect_mean(self, mean_image: np.ndarray, **kwargs) -> np.ndarray:
         """Detections on a series' cached mean image (every channel the same)."""
-        return self.detect([mean_stack(mean_image, self._channels())], **kwargs)[0]
-
-    def _channels(self) -> int:
-        return int(next(p for p in self.net.parameters() if p.ndim == 4).shape[1])
+        channels = int(getattr(self.net, "yaml", {}).get("channels", 3))
+        return self.detect([mean_stack(mean_image, channels)], **kwargs)[0]
