@@ -8,9 +8,11 @@ W&B; ultralytics is imported inside the functions that need it.
 
 Channel order: `detect` feeds an image's channels to the network in the order given (channel c of the
 H×W×C array is input channel c), scaled to [0, 1], letterboxed as ultralytics does. ultralytics'
-training dataset reads images as BGR and flips them to RGB before the network sees them, so a trainer
-that hands it our stacks must hand them channel-reversed (`image[..., ::-1]`): then the network sees,
-in training as here, channel c = slice z + offsets[c] (for a mean image every channel is the same).
+dataset treats what `load_image` returns as BGR and reverses 3-channel images before the network sees
+them (`Format`, always at validation; in training unless the `bgr` augmentation fires, so keep bgr=0).
+A trainer that hands it our stacks must therefore hand them channel-reversed (`image[..., ::-1]`):
+then the network sees, in training as here, channel c = slice z + offsets[c] (for a mean image every
+channel is the same, so only the aneurysm detector's slice stacks care).
 """
 
 from __future__ import annotations
