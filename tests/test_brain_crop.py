@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from iad.boxes import BRAIN_CLASSES
-from iad.contract import ContractError, DetectorSpec, detector_file
+from iad.contract import DETECTOR_KEY, ContractError, DetectorSpec, detector_file
 from iad.data.crops import CROP_COLS, head_box, read_crop_table
 from iad.detection.crops import CROP_TABLE_COLS, brain_crop, read_sidecar, sidecar_path
 from iad.labels import LABEL_COLS, UID_COL
@@ -139,6 +139,28 @@ def test_crop_table_command_writes_the_table_and_its_sidecar(cropped):
     assert sidecar["detector"] == str(cropped["detector"].resolve())
     assert sidecar["sha256"] == file_sha256(cropped["detector"]) and sidecar["min_confidence"] == 0.25
     assert "head box" in sidecar["rule"]
+
+
+def test_crop_table_falls_back_to_the_head_box_below_min_confidence(cropped, tmp_path):
+    from iad.preprocessing import SeriesCache
+
+    root, out = cropped["root"], tmp_path / "strict.csv"
+    stdout = crop_table_command(f"detector={cropped['detector']}", f"paths.data_dir={root / 'data'}",
+                                f"paths.log_dir={root / 'logs'}", "dataset.synthetic.n_series=16",
+                                "dataset.synthetic.seed=7", "min_confidence=0.9999", f"out={out}")
+    assert f"crop table {out}" in stdout and "head_box: low confidence 16" in stdout
+    table = pd.read_csv(out).fillna("")
+    assert (table["source"] == "head_box").all() and (table["reason"] == "low confidence").all()
+    cache = SeriesCache(root / "data" / "cache", load_detector_spec(cropped["detector"]).preprocess)
+    for row in table.itertuples():
+        assert (row.x0, row.y0, row.x1, row.y1) == pytest.approx(head_box(cache.mean_image(row.SeriesInstanceUID)))
+    assert read_sidecar(out)["min_confidence"] == 0.9999
+
+
+def load_detector_spec(path: Path) -> DetectorSpec:
+    from iad.detection.detector import read_detector_file
+
+    return DetectorSpec.from_dict(read_detector_file(path)[DETECTOR_KEY])
 
 
 def series_mean_image(folder: Path, preprocess: PreprocessConfig) -> np.ndarray:
