@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from iad.boxes import BRAIN_CLASSES
-from iad.contract import DETECTOR_KEY, ContractError, DetectorSpec, detector_file
+from iad.contract import DETECTOR_KEY, INPUT_KEY, ContractError, DetectorSpec, detector_file
 from iad.data.crops import CROP_COLS, head_box, read_crop_table
 from iad.detection.crops import CROP_TABLE_COLS, brain_crop, read_sidecar, sidecar_path
 from iad.labels import LABEL_COLS, UID_COL
@@ -178,7 +178,7 @@ def test_predictor_and_moved_bundle_crop_with_the_training_detector(cropped, tmp
     predictor = Predictor.load(cropped["run"])
     model = predictor.members[0].models[0]
     assert model.input_spec.brain_crop == read_sidecar(cropped["table"])  # recorded at training
-    assert read_model_file(cropped["run"] / "checkpoints" / "best.ckpt")["iad_input"]["brain_crop"]["sha256"]
+    assert read_model_file(cropped["run"] / "checkpoints" / "best.ckpt")[INPUT_KEY]["brain_crop"]["sha256"]
     bundle = export_bundle(predictor, tmp_path / "bundle")
     moved = tmp_path / "elsewhere"
     shutil.move(str(bundle), moved)

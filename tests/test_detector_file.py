@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from iad.contract import FORMAT_KEY, MODEL_FILE_FORMAT, ContractError, DetectorSpec
+from iad.contract import DETECTOR_FORMAT, DETECTOR_KEY, FORMAT_KEY, MODEL_FILE_FORMAT, ContractError, DetectorSpec
 from iad.detection.detector import LoadedDetector, export_detector, load_detector, read_detector_file
 from iad.preprocessing.normalize import PreprocessConfig
 from iad.utils.weights import UnsafeModelFile
@@ -41,8 +41,8 @@ def detector_path(yolo, tmp_path_factory):
 
 def test_export_is_plain_data_with_exact_weights(yolo, detector_path):
     blob = torch.load(detector_path, weights_only=True)
-    assert blob[FORMAT_KEY] == "iad-detector/1"
-    assert DetectorSpec.from_dict(blob["iad_detector"]) == SPEC
+    assert blob[FORMAT_KEY] == DETECTOR_FORMAT
+    assert DetectorSpec.from_dict(blob[DETECTOR_KEY]) == SPEC
     assert blob["metrics"] == {"mAP50": 0.5}
     state = yolo.state_dict()
     assert blob["state_dict"].keys() == state.keys()
