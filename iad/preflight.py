@@ -158,6 +158,16 @@ def check_crop_table(ctx: Context) -> list[Problem]:
     path = ctx.get("data.crop_table")
     if path and not Path(path).is_file():
         return [Problem("data.crop_table", path, "the crop table (brain-detector boxes) does not exist")]
+    if path:
+        from iad.detection.crops import read_sidecar, sidecar_path
+
+        try:
+            sidecar = read_sidecar(path)
+        except ValueError as err:
+            return [Problem("data.crop_table", path, str(err))]
+        if sidecar is None:
+            return [Problem("data.crop_table", path, f"no sidecar {sidecar_path(path).name} naming its detector: "
+                            "training uses the table, inference will use the head box", fatal=False)]
     return []
 
 

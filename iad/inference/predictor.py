@@ -224,19 +224,33 @@ class Predictor:
             log.warning("series %s: no finding box (%s)", series_dir, reason)
             return Finding.from_probabilities(name, probabilities, reason)
 
-    def predict_volume(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str) -> dict[str, float]:
-        """Probabilities from an already normalised (e.g. cached) volume; every model must share its preprocessing."""
-        return self.predict_volume_with_timings(volume, mean_image, preprocess_key).probabilities
+    def predict_volume(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str,
+                       mean_images: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+        """Probabilities from an already normalised (e.g. cached) volume; every model must share its preprocessing.
 
-    def predict_volume_with_timings(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str) -> Prediction:
+        `mean_images`: the series' mean images of other caches (by preprocessing key), for brain
+        detectors that look at another cache than their classifier (`brain_detector_configs`).
+        """
+        return self.predict_volume_with_timings(volume, mean_image, preprocess_key, mean_images).probabilities
+
+    def predict_volume_with_timings(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str,
+                                    mean_images: Mapping[str, np.ndarray] | None = None) -> Prediction:
         """`predict_volume` with the model and aggregate timings."""
-        def volume_for(config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-            if config.key != preprocess_key:
-                raise ValueError(f"volume preprocessed with {preprocess_key}, a model expects {config.key}")
-            return volume, mean_image
+        def volume_for(config: PreprocessConfig) -> tuple[np.ndarray | None, np.ndarray]:
+            if config.key == preprocess_key:
+                return volume, mean_image
+            if config.key in (mean_images or {}):  # a brain detector's input: its mean image only
+                return None, mean_images[config.key]
+            raise ValueError(f"volume preprocessed with {preprocess_key}, a model or its brain detector expects "
+                             f"{config.key}")
 
         timings, crops = Timings(), {}
         return Prediction(self._blend(volume_for, timings, None, crops), timings, crops=crops)
+
+    def brain_detector_configs(self) -> dict[str, PreprocessConfig]:
+        """The caches (by preprocessing key) the members' brain detectors look at."""
+        return {model.brain_detector.spec.preprocess.key: model.brain_detector.spec.preprocess
+                for member in self.members for model in member.models if model.brain_detector is not None}
 
     def _blend(self, volume_for, timings: Timings, deadline: float | None,
                crops: dict[str, CropDecision], scores: SliceScores | None = None) -> dict[str, float]:
