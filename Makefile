@@ -48,6 +48,7 @@ bench: venv
 	$(PY) benchmarks/read.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/predict.py
+	$(PY) benchmarks/detect.py
 
 clean:
 	rm -rf .cache outputs multirun benchmarks/_work

@@ -86,6 +86,24 @@ def detector_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / DETECTOR_FILE
 
 
+def detectors_in(path: str | Path) -> list[Path]:
+    """Detector files a path stands for: a detector file, a run folder, a sweep folder (its folds' exports,
+    in fold order) or a folder of exported files (a bundle's)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if detector_file(path).exists():
+        return [detector_file(path)]
+    folds = [detector_file(run) for run in fold_runs(path) if detector_file(run).exists()]
+    if folds:
+        return folds
+    exported = sorted(path.glob(f"*{MODEL_FILE_SUFFIX}"))
+    if exported:
+        return exported
+    raise FileNotFoundError(f"no detector in {path} (expected a {DETECTOR_FILE}, {detector_file('.')} or "
+                            f"fold_*/{detector_file('.')})")
+
+
 def checkpoints_in(path: str | Path) -> list[Path]:
     """Fold checkpoints a path stands for: a checkpoint/model file, a run folder, or a sweep folder."""
     path = Path(path)

@@ -1,7 +1,8 @@
 """Predict with trained models: `python -m iad.predict model_path=<bundle|spec|sweep|run> input=<series folder(s)>`
 (or `iad-predict ...`, or `python predict.py ...`).
 
-Modes: `mode=submission` (default) writes submission.csv and timings.csv; `mode=bundle` exports a
+Modes: `mode=submission` (default) writes submission.csv and timings.csv (with `localize=true` also
+findings.csv and findings/<SeriesInstanceUID>.png per positive series); `mode=bundle` exports a
 self-contained bundle; `mode=oof` re-scores a sweep's held-out series (e.g. `tta.center_crop=0.75`,
 `cost.slice_stride=2`); `mode=cost` prints the seconds per series of each stage and model.
 """
@@ -23,7 +24,13 @@ def load_predictor(cfg: DictConfig):
                           center_crop=cfg.tta.center_crop, time_budget_s=cfg.time_budget_s,
                           max_series_mb=cfg.get("max_series_mb"), cost=_container(cfg.get("cost")),
                           devices=_container(cfg.get("devices")), read_workers=cfg.get("read_workers"),
-                          read_pool=cfg.get("read_pool", "processes"))
+                          read_pool=cfg.get("read_pool", "processes"), **_detector_settings(cfg, cfg.get("localize")))
+
+
+def _detector_settings(cfg: DictConfig, localize: bool) -> dict:
+    """Predictor.load's aneurysm detector arguments from `localize` and the `aneurysm_detector` node."""
+    detector = _container(cfg.get("aneurysm_detector")) or {}
+    return {"localize": bool(localize), "aneurysm_detector": detector.pop("path", None), "aneurysm_cost": detector}
 
 
 def _container(node):
@@ -34,15 +41,19 @@ def submission(cfg: DictConfig) -> None:
     from iad.inference import predict_folder
 
     predictor = load_predictor(cfg)
-    frame = predict_folder(predictor, cfg.input, cfg.output_dir)
+    frame = predict_folder(predictor, cfg.input, cfg.output_dir, localize=bool(cfg.get("localize")),
+                           localize_threshold=cfg.get("localize_threshold", 0.5))
     print(f"{len(frame)} series → {cfg.output_dir}/submission.csv")
+    if cfg.get("localize"):
+        print(f"findings → {cfg.output_dir}/findings.csv, {cfg.output_dir}/findings/")
 
 
 def bundle(cfg: DictConfig) -> None:
     from iad.inference import Predictor, export_bundle
 
+    # The aneurysm detector (aneurysm_detector.path, else the spec's) travels with the bundle whenever there is one.
     predictor = Predictor.load(cfg.model_path, hflip=cfg.tta.hflip, center_crop=cfg.tta.center_crop,
-                               cost=_container(cfg.get("cost")))
+                               cost=_container(cfg.get("cost")), **_detector_settings(cfg, True))
     print(f"bundle → {export_bundle(predictor, cfg.output_dir)}")
 
 

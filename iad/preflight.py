@@ -158,6 +158,16 @@ def check_crop_table(ctx: Context) -> list[Problem]:
     path = ctx.get("data.crop_table")
     if path and not Path(path).is_file():
         return [Problem("data.crop_table", path, "the crop table (brain-detector boxes) does not exist")]
+    if path:
+        from iad.detection.crops import read_sidecar, sidecar_path
+
+        try:
+            sidecar = read_sidecar(path)
+        except ValueError as err:
+            return [Problem("data.crop_table", path, str(err))]
+        if sidecar is None:
+            return [Problem("data.crop_table", path, f"no sidecar {sidecar_path(path).name} naming its detector: "
+                            "training uses the table, inference will use the head box", fatal=False)]
     return []
 
 
@@ -451,6 +461,37 @@ def check_model_path(ctx: Context) -> list[Problem]:
         return spec_problems("model_path", path) if path.is_file() else [Problem("model_path", raw, "does not exist")]
     problem = checkpoint_problem("model_path", path)
     return [problem] if problem else []
+
+
+@check("aneurysm_detector", "predict")
+def check_aneurysm_detector(ctx: Context) -> list[Problem]:
+    """The aneurysm detector `localize=true` (or a bundle export) loads must hold detector files: `aneurysm_detector.path`,
+    else the spec's or bundle's entry (`iad.contract.detectors_in`)."""
+    import json
+
+    from iad.contract import BUNDLE_FILE, detectors_in
+
+    key, raw = "aneurysm_detector.path", ctx.get("aneurysm_detector.path")
+    if raw is None:
+        if not ctx.get("localize") and ctx.get("mode") != "bundle":  # a bundle carries the spec's detector
+            return []
+        model_path = Path(ctx.get("model_path") or "")
+        spec_path = model_path / BUNDLE_FILE if (model_path / BUNDLE_FILE).exists() else model_path
+        try:
+            entry = json.loads(spec_path.read_text()).get("aneurysm_detector") if spec_path.suffix == ".json" else None
+        except (OSError, ValueError, AttributeError):
+            return []  # model_path's own check reports an unreadable spec
+        if entry is None or not isinstance(entry.get("path"), str):
+            note = Problem(key, None, "localize=true without an aneurysm detector (set it, or use a spec or bundle that "
+                                      "names one): findings get no boxes", fatal=False)
+            return [note] if ctx.get("localize") else []
+        key, raw = f"model_path {spec_path.name} aneurysm_detector", entry["path"]
+        raw = raw if Path(raw).is_absolute() else str(spec_path.parent / raw)
+    try:
+        detectors_in(raw)
+    except FileNotFoundError as err:
+        return [Problem(key, raw, str(err))]
+    return []
 
 
 @check("input", "predict")

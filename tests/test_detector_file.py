@@ -15,8 +15,16 @@ import pytest
 import torch
 from torch import nn
 
-from iad.contract import FORMAT_KEY, MODEL_FILE_FORMAT, ContractError, DetectorSpec
-from iad.detection.detector import LoadedDetector, export_detector, load_detector, read_detector_file
+from iad.contract import (
+    DETECTOR_FORMAT,
+    DETECTOR_KEY,
+    FORMAT_KEY,
+    MODEL_FILE_FORMAT,
+    STATE_DICT_KEY,
+    ContractError,
+    DetectorSpec,
+)
+from iad.detection.detector import METRICS_KEY, LoadedDetector, export_detector, load_detector, read_detector_file
 from iad.preprocessing.normalize import PreprocessConfig
 from iad.utils.weights import UnsafeModelFile
 
@@ -41,12 +49,12 @@ def detector_path(yolo, tmp_path_factory):
 
 def test_export_is_plain_data_with_exact_weights(yolo, detector_path):
     blob = torch.load(detector_path, weights_only=True)
-    assert blob[FORMAT_KEY] == "iad-detector/1"
-    assert DetectorSpec.from_dict(blob["iad_detector"]) == SPEC
-    assert blob["metrics"] == {"mAP50": 0.5}
+    assert blob[FORMAT_KEY] == DETECTOR_FORMAT
+    assert DetectorSpec.from_dict(blob[DETECTOR_KEY]) == SPEC
+    assert blob[METRICS_KEY] == {"mAP50": 0.5}
     state = yolo.state_dict()
-    assert blob["state_dict"].keys() == state.keys()
-    assert all(torch.equal(blob["state_dict"][k], v) for k, v in state.items())
+    assert blob[STATE_DICT_KEY].keys() == state.keys()
+    assert all(torch.equal(blob[STATE_DICT_KEY][k], v) for k, v in state.items())
 
 
 def test_loaded_detector_computes_what_the_original_does(yolo, detector_path):
@@ -74,7 +82,7 @@ def test_a_pickled_model_is_refused(yolo, tmp_path):
 
 def test_another_file_is_refused(tmp_path):
     path = tmp_path / "classifier.pt"
-    torch.save({FORMAT_KEY: MODEL_FILE_FORMAT, "state_dict": {}}, path)
+    torch.save({FORMAT_KEY: MODEL_FILE_FORMAT, STATE_DICT_KEY: {}}, path)
     with pytest.raises(ContractError, match="classifier.pt.*not a detector file"):
         read_detector_file(path)
     path.write_bytes(b"not a torch file")
@@ -84,7 +92,7 @@ def test_another_file_is_refused(tmp_path):
 
 def test_weights_of_another_architecture_are_refused(yolo, detector_path, tmp_path):
     blob = torch.load(detector_path, weights_only=True)
-    blob["state_dict"].pop(next(iter(blob["state_dict"])))
+    blob[STATE_DICT_KEY].pop(next(iter(blob[STATE_DICT_KEY])))
     torch.save(blob, tmp_path / "cut.pt")
     with pytest.raises(ContractError, match="cut.pt.*do not fit"):
         load_detector(tmp_path / "cut.pt")

@@ -343,3 +343,13 @@ def test_budget_keeps_the_best_subset_that_fits_and_reports_the_frontier(sweeps,
         run_ensemble(config, tmp_path / "none", budget_s=1.2, costs=costs)
     with pytest.raises(ValueError, match="needs ensemble.costs"):
         run_ensemble(config, tmp_path / "nocost", budget_s=5)
+
+
+def test_the_spec_names_the_aneurysm_detector_when_given(sweeps, tmp_path):
+    """`ensemble.aneurysm_detector` goes into ensemble.json as an absolute path; without it the spec has none."""
+    members = {name: {"path": str(sweeps[name])} for name in ("strong", "weak")}
+    run_ensemble(members, tmp_path / "with", weights="equal", aneurysm_detector=tmp_path / "exp0")
+    entry = json.loads((tmp_path / "with" / "ensemble.json").read_text())["aneurysm_detector"]
+    assert entry == {"path": str((tmp_path / "exp0").resolve())}
+    run_ensemble(members, tmp_path / "without", weights="equal")
+    assert "aneurysm_detector" not in json.loads((tmp_path / "without" / "ensemble.json").read_text())

@@ -22,11 +22,12 @@ TORCH_FREE = [
     "iad.preprocessing", "iad.synthetic", "iad.evaluation", "iad.evaluation.cv", "iad.evaluation.oof",
     "iad.ensembling", "iad.ensembling.run", "iad.ensembling.optimize", "iad.ensembling.spec",
     "iad.data.slices", "iad.data.crops", "iad.data.masks", "iad.utils.io", "iad.utils.env", "iad.utils.config",
-    "iad.detection.images", "iad.detection.crops", "iad.preflight", "ensemble",  # the entry point, before Hydra runs it
+    "iad.detection.images", "iad.detection.crops", "iad.detection.findings", "iad.preflight",
+    "ensemble",  # the entry point, before Hydra runs it
 ]
 TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
 INFERENCE = ["iad.inference", "iad.inference.kaggle", "iad.inference.loading", "iad.inference.predictor",
-             "iad.detection.detector", "iad.utils.weights"]
+             "iad.inference.localize", "iad.detection.detector", "iad.utils.weights"]
 NOT_AT_INFERENCE = ("lightning", "pytorch_lightning", "hydra", "sklearn", "scipy", "wandb", "torchmetrics", "iterstrat")
 
 

@@ -65,6 +65,17 @@ def test_missing_crop_table(tmp_path):
         f"data.crop_table={tmp_path}/boxes.csv: the crop table (brain-detector boxes) does not exist")
 
 
+def test_crop_table_without_sidecar_is_noted(tmp_path):
+    table = tmp_path / "boxes.csv"
+    table.write_text("SeriesInstanceUID,x0,y0,x1,y1\n1.2.3,0.1,0.1,0.9,0.9\n")
+    problems = run_preflight(train_cfg(tmp_path, f"data.crop_table={table}"), "train")
+    notes = [p for p in problems if p.key == "data.crop_table"]
+    assert len(notes) == 1 and not notes[0].fatal and "no sidecar boxes.json" in notes[0].message
+    table.with_suffix(".json").write_text("{not json")
+    found = fatal(run_preflight(train_cfg(tmp_path, f"data.crop_table={table}"), "train"))
+    assert "boxes.json: unreadable" in str(found["data.crop_table"])
+
+
 def test_folder_that_cannot_be_made(tmp_path):
     (tmp_path / "taken").write_text("a file")
     found = fatal(run_preflight(train_cfg(tmp_path, f"paths.cache_dir={tmp_path}/taken/cache"), "train"))

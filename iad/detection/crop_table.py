@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from iad.contract import CHECKPOINT_DIR, detector_file
-from iad.detection.images import mean_stack
 from iad.utils.config import CONFIG_DIR
 from iad.utils.env import setup_env
 
@@ -38,8 +37,7 @@ def resolve_detector(path: str | Path) -> tuple[Path, Path]:
 
 
 def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, out: str | Path | None = None,
-                     min_confidence: float = 0.25, workers: int = 0, batch_size: int = 32,
-                     device: str = "cpu") -> tuple[Path, Counter]:
+                     min_confidence: float = 0.25, workers: int = 0, device: str = "cpu") -> tuple[Path, Counter]:
     """Crop every cached series of `source` (a DatasetSource) with the brain detector; returns the table
     path and the counts per source ("detector", "head_box: <reason>", "not cached")."""
     from iad.detection.crops import brain_crop, crop_row, write_crop_table
@@ -58,14 +56,13 @@ def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, 
     counts: Counter = Counter(not_cached=sum(not cache.has(uid) for uid in uids))
     uids = [uid for uid in uids if cache.has(uid)]
     rows = []
-    for start in range(0, len(uids), batch_size):
-        chunk = uids[start:start + batch_size]
-        means = [cache.mean_image(uid) for uid in chunk]
-        # every detection (conf 0.001, as ultralytics validates): the rule, not the detector, applies min_confidence
-        for uid, mean, found in zip(chunk, means, detector.detect([mean_stack(m) for m in means])):
-            decision = brain_crop(found, detector.spec.classes, mean, min_confidence)
-            counts[decision.source if decision.reason is None else f"{decision.source}: {decision.reason}"] += 1
-            rows.append(crop_row(uid, decision))
+    for uid in uids:
+        mean = cache.mean_image(uid)
+        # one image per forward pass, as inference runs it: a batch could tip a near-tie between two boxes.
+        # Every detection (conf 0.001, as ultralytics validates): the rule, not the detector, applies min_confidence.
+        decision = brain_crop(detector.detect_mean(mean), detector.spec.classes, mean, min_confidence)
+        counts[decision.source if decision.reason is None else f"{decision.source}: {decision.reason}"] += 1
+        rows.append(crop_row(uid, decision))
     out = Path(out) if out else run_dir / CROPS_DIR / f"{source.name}.csv"
     return write_crop_table(rows, out, path, file_sha256(path), min_confidence), counts
 
@@ -73,7 +70,7 @@ def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="crop_table", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     table, counts = build_crop_table(cfg.detector, instantiate(cfg.dataset), cfg.paths.cache_dir, cfg.out,
-                                     cfg.min_confidence, cfg.workers, cfg.batch_size, cfg.device)
+                                     cfg.min_confidence, cfg.workers, cfg.device)
     print(f"crop table {table}: " + ", ".join(f"{key} {n}" for key, n in sorted(counts.items())))
 
 

@@ -8,9 +8,11 @@ W&B; ultralytics is imported inside the functions that need it.
 
 Channel order: `detect` feeds an image's channels to the network in the order given (channel c of the
 H×W×C array is input channel c), scaled to [0, 1], letterboxed as ultralytics does. ultralytics'
-training dataset reads images as BGR and flips them to RGB before the network sees them, so a trainer
-that hands it our stacks must hand them channel-reversed (`image[..., ::-1]`): then the network sees,
-in training as here, channel c = slice z + offsets[c] (for a mean image every channel is the same).
+dataset treats what `load_image` returns as BGR and reverses 3-channel images before the network sees
+them (`Format`, always at validation; in training unless the `bgr` augmentation fires, so keep bgr=0).
+A trainer that hands it our stacks must therefore hand them channel-reversed (`image[..., ::-1]`):
+then the network sees, in training as here, channel c = slice z + offsets[c] (for a mean image every
+channel is the same, so only the aneurysm detector's slice stacks care).
 """
 
 from __future__ import annotations
@@ -104,8 +106,10 @@ class LoadedDetector:
         """Per image, a (K, 6) float32 array of [x0, y0, x1, y1, confidence, class index], by confidence.
 
         `images`: N×H×W×C uint8 (or a list of H×W×C): channels fed as given (module docstring).
-        Boxes are in each input image's pixels. As ultralytics' validator: letterbox to `spec.imgsz`
-        (square, grey 114 padding), /255, multi-label NMS at `conf` / `iou`, boxes scaled back.
+        Boxes are in each input image's pixels. As ultralytics' validator: long side to `spec.imgsz`
+        (bilinear), grey-114 padding, /255, multi-label NMS at `conf` / `iou`, boxes scaled back. The
+        validator pads a batch to its own rectangle, this to the square: the same input for square
+        images (the cache's, with `preprocess.image_size` set).
         """
         from ultralytics.data.augment import LetterBox
         from ultralytics.utils import nms, ops
@@ -142,7 +146,5 @@ class LoadedDetector:
 
     def detect_mean(self, mean_image: np.ndarray, **kwargs) -> np.ndarray:
         """Detections on a series' cached mean image (every channel the same)."""
-        return self.detect([mean_stack(mean_image, self._channels())], **kwargs)[0]
-
-    def _channels(self) -> int:
-        return int(next(p for p in self.net.parameters() if p.ndim == 4).shape[1])
+        channels = int(getattr(self.net, "yaml", {}).get("channels", 3))
+        return self.detect([mean_stack(mean_image, channels)], **kwargs)[0]

@@ -27,7 +27,8 @@ WEIGHT_SOURCES = ("fixed", "equal", "optimize")
 
 def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, *, weights: str = "fixed",
                  blend: str = "mean", intersect: bool = False, seed: int = 0, random_starts: int = 4,
-                 budget_s: float | None = None, costs: str | os.PathLike | None = None) -> dict:
+                 budget_s: float | None = None, costs: str | os.PathLike | None = None,
+                 aneurysm_detector: str | os.PathLike | None = None) -> dict:
     """Blend the members' OOF predictions and write the spec, the report and the blend's OOF file.
 
     `members`: {name: {path, weight, hflip_tta, center_crop, checkpoints}} (see EnsembleMember).
@@ -38,6 +39,8 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
     `budget_s` (with `costs`, a `cost.json` from `predict.py mode=cost`): keep the subset of members
     with the best nested-CV score whose measured seconds per series fit the budget (see
     `iad.ensembling.budget`); the report's "budget" holds the choice and the frontier.
+    `aneurysm_detector` (an exp0 sweep, a run or a detector file) goes into the spec as the detector
+    `predict.py localize=true` runs (its default cost controls; absolute path).
     Writes <output_dir>/ensemble.json, report.json and oof.csv (the deployed mean blend, OOF format);
     returns the report (see report.format_ensemble_report).
     """
@@ -67,7 +70,9 @@ def run_ensemble(members: Mapping[str, Mapping], output_dir: str | os.PathLike, 
                               random_starts=random_starts)}
 
     output_dir = Path(output_dir)
-    spec = make_spec(_spec_members(parsed, weight_vector), oof=blend_scores[SPEC_BLEND], nested_cv=nested)
+    detector = None if aneurysm_detector is None else {"path": str(Path(aneurysm_detector).expanduser().resolve())}
+    spec = make_spec(_spec_members(parsed, weight_vector), oof=blend_scores[SPEC_BLEND], nested_cv=nested,
+                     aneurysm_detector=detector)
     write_spec(spec, output_dir / SPEC_FILE)
     write_csv_atomic(_blend_oof(aligned, blends[SPEC_BLEND]), output_dir / OOF_FILE)
     report = {

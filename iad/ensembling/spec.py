@@ -11,7 +11,12 @@
                   (autocast), "channels_last": bool (CUDA only)}, ...],
      "blend": "mean",
      "oof": {"n_series", "weighted_auc", "per_label", "by_group"},
-     "nested_cv": {...}}                       # only when the weights were optimised
+     "nested_cv": {...},                       # only when the weights were optimised
+     "aneurysm_detector": {"path": exp0 sweep/run folder, detector file or a bundle's folder of them
+                           (relative: to the spec's folder), "sha256": {file name: hex digest}
+                           (a bundle's; checked when loaded), detector cost controls
+                           (iad.detection.findings.DetectorCost: slices, top_k, neighbours, stride,
+                           folds, conf, batch_size)}}   # optional: what `localize` runs
 
 Member weights sum to 1 and the blend is always their weighted mean of probabilities: a rank blend
 needs the whole population of series, and a predictor sees one series at a time.
@@ -37,10 +42,13 @@ PRECISIONS = ("32", "bf16", "fp16")
 # What each member costs to run; optional in a spec, these when absent (the settings before they existed).
 COST_DEFAULTS = {"slice_stride": 1, "folds": ALL_FOLDS, "batch_size": None, "precision": "32", "channels_last": False}
 _REQUIRED_KEYS = ("format", "label_cols", "members", "blend")
+ANEURYSM_DETECTOR_KEY = "aneurysm_detector"
 
 
-def make_spec(members: list[Mapping], oof: Mapping, nested_cv: Mapping | None = None) -> dict:
-    """A validated spec from member entries (MEMBER_KEYS), the blend's OOF report and the nested-CV report."""
+def make_spec(members: list[Mapping], oof: Mapping, nested_cv: Mapping | None = None,
+              aneurysm_detector: Mapping | None = None) -> dict:
+    """A validated spec from member entries (MEMBER_KEYS), the blend's OOF report, the nested-CV report and
+    the aneurysm detector entry."""
     spec = {
         "format": SPEC_FORMAT,
         "label_cols": list(LABEL_COLS),
@@ -50,6 +58,8 @@ def make_spec(members: list[Mapping], oof: Mapping, nested_cv: Mapping | None = 
     }
     if nested_cv is not None:
         spec["nested_cv"] = dict(nested_cv)
+    if aneurysm_detector is not None:
+        spec[ANEURYSM_DETECTOR_KEY] = dict(aneurysm_detector)
     return validate_spec(spec)
 
 
@@ -94,7 +104,25 @@ def validate_spec(spec: Mapping, source: str = "<spec>") -> dict:
     total = math.fsum(member["weight"] for member in members)
     if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise SpecError(source, f"member weights sum to {total:.8g}, expected 1 (within {WEIGHT_SUM_TOLERANCE:g})")
+    if ANEURYSM_DETECTOR_KEY in spec:
+        problem = aneurysm_detector_problem(spec[ANEURYSM_DETECTOR_KEY])
+        if problem:
+            raise SpecError(source, f"{ANEURYSM_DETECTOR_KEY}: {problem}")
     return dict(spec)
+
+
+def aneurysm_detector_problem(entry) -> str | None:
+    """Why a spec's aneurysm detector entry is invalid, or None when it is valid."""
+    from iad.detection.findings import detector_cost_problem
+
+    if not isinstance(entry, Mapping):
+        return f"expected an object, got {type(entry).__name__}"
+    if not isinstance(entry.get("path"), str) or not entry["path"]:
+        return f"path {entry.get('path')!r} must be a non-empty string"
+    digests = entry.get("sha256", {})
+    if not isinstance(digests, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
+        return "sha256 must map file names to hex digests"
+    return detector_cost_problem(entry)
 
 
 def _check_labels(label_cols, source: str) -> None:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from iad.contract import BUNDLE_FILE, BUNDLE_MEMBERS_DIR, MODEL_FILE_SUFFIX, fold_name
 from iad.inference.loading import export_model
+from iad.inference.localize import export_localizer
 from iad.inference.predictor import Predictor
 
 
 def export_bundle(predictor: Predictor, out_dir: str | Path) -> Path:
-    """Write `out_dir/bundle.json` and `out_dir/members/<name>/fold_<i>.pt`; `Predictor.load(out_dir)` reads it.
+    """Write `out_dir/bundle.json` and `out_dir/members/<name>/fold_<i>.pt` (and the predictor's aneurysm
+    detector files, sha256 recorded, in `out_dir/detectors/aneurysm/`); `Predictor.load(out_dir)` reads it.
 
     The bundle needs neither the training outputs nor the repository's `conf/`: each model file holds
     its resolved config and input settings.
@@ -32,5 +34,6 @@ def export_bundle(predictor: Predictor, out_dir: str | Path) -> Path:
         members.append({"name": member.name, "path": f"{BUNDLE_MEMBERS_DIR}/{member.name}", "weight": member.weight,
                         "hflip_tta": member.hflip, "center_crop": crop, **asdict(member.cost),
                         "folds": ALL_FOLDS})  # only the folds it runs are exported
-    write_spec(make_spec(members, oof={}), out_dir / BUNDLE_FILE)
+    detector = export_localizer(predictor.localizer, out_dir) if predictor.localizer is not None else None
+    write_spec(make_spec(members, oof={}, aneurysm_detector=detector), out_dir / BUNDLE_FILE)
     return out_dir

@@ -63,7 +63,8 @@ def _member_seconds(predictor: Predictor, member: LoadedMember, volumes: dict, r
     """Seconds of one member's input crops, forward passes and aggregation (its own cost controls)."""
     single = Predictor([replace(member, weight=1.0)], batch_size=predictor.batch_size, device=str(predictor.device))
     key = member.models[0].input_spec.preprocess.key
-    return median_seconds(lambda: single.predict_volume(*volumes[key], key), repeats, warmup=True)
+    means = {other: mean for other, (_, mean) in volumes.items()}  # brain detectors' inputs
+    return median_seconds(lambda: single.predict_volume(*volumes[key], key, means), repeats, warmup=True)
 
 
 def measure_cost(predictor: Predictor, series_dir: str | Path, repeats: int = 3) -> CostTable:
@@ -75,6 +76,7 @@ def measure_cost(predictor: Predictor, series_dir: str | Path, repeats: int = 3)
     table.stages["read"] = median_seconds(read, repeats, warmup=True)
     configs = {model.input_spec.preprocess.key: model.input_spec.preprocess
                for member in predictor.members for model in member.models}
+    configs.update(predictor.brain_detector_configs())  # a brain detector's cache is preprocessed too
     table.stages["preprocess"] = sum(median_seconds(lambda c=config: normalised_volume(stored, c), repeats, warmup=True)
                                      for config in configs.values())
     volumes = {key: normalised_volume(stored, config) for key, config in configs.items()}

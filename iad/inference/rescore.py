@@ -42,8 +42,8 @@ def rescore_sweep(sweep_dir: str | Path, hflip: bool = False, center_crop: float
 
     `cost` holds the cost controls to measure (slice_stride, precision, ...; null entries keep the
     defaults); the report's `model_s_per_series` is the mean model time per held-out series.
-    Held-out volumes come from the training cache when it is there (same preprocessing key), else
-    from the DICOM folders.
+    Held-out volumes come from the training cache when it is there (same preprocessing key; for a
+    model trained on brain crops, the brain detector's cache too), else from the DICOM folders.
     """
     controls = CostControls.from_settings({k: v for k, v in (cost or {}).items() if v is not None})
     model_seconds = 0.0
@@ -60,10 +60,14 @@ def rescore_sweep(sweep_dir: str | Path, hflip: bool = False, center_crop: float
         cache = SeriesCache(model.config["paths"]["cache_dir"], preprocess)
         predictor = Predictor([LoadedMember(run.name, 1.0, [model], hflip, center_crop, controls)],
                               batch_size=batch_size, device=device)
+        detector_caches = [SeriesCache(model.config["paths"]["cache_dir"], config)
+                           for key, config in predictor.brain_detector_configs().items() if key != preprocess.key]
         preds = []
         for uid in held[UID_COL]:
-            if cache.has(uid):
-                timed = predictor.predict_volume_with_timings(cache.volume(uid), cache.mean_image(uid), preprocess.key)
+            if cache.has(uid) and all(other.has(uid) for other in detector_caches):
+                means = {other.config.key: other.mean_image(uid) for other in detector_caches}
+                timed = predictor.predict_volume_with_timings(cache.volume(uid), cache.mean_image(uid), preprocess.key,
+                                                              means)
             else:
                 timed = predictor.predict_with_timings(Path(source.series_dir) / uid)
             probs = timed.probabilities
