@@ -49,6 +49,7 @@ bench: venv
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/detect.py
+	$(PY) benchmarks/detector_data.py
 
 clean:
 	rm -rf .cache outputs multirun benchmarks/_work
