@@ -86,38 +86,31 @@ def detector_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / DETECTOR_FILE
 
 
-def detectors_in(path: str | Path) -> list[Path]:
-    """Detector files a path stands for: a detector file, a run folder, a sweep folder (its folds' exports,
-    in fold order) or a folder of exported files (a bundle's)."""
+def _files_in(path: str | Path, locate, expected: str) -> list[Path]:
+    """The files a path stands for: itself, a run's file (`locate(run)`), its sweep's fold files in fold
+    order, or a folder of exported files (a bundle's)."""
     path = Path(path)
     if path.is_file():
         return [path]
-    if detector_file(path).exists():
-        return [detector_file(path)]
-    folds = [detector_file(run) for run in fold_runs(path) if detector_file(run).exists()]
+    if locate(path).exists():
+        return [locate(path)]
+    folds = [locate(run) for run in fold_runs(path) if locate(run).exists()]
     if folds:
         return folds
     exported = sorted(path.glob(f"*{MODEL_FILE_SUFFIX}"))
     if exported:
         return exported
-    raise FileNotFoundError(f"no detector in {path} (expected a {DETECTOR_FILE}, {detector_file('.')} or "
-                            f"fold_*/{detector_file('.')})")
+    raise FileNotFoundError(f"no {expected} in {path} (expected a {expected} file, {locate(Path('.'))} or fold_*/)")
+
+
+def detectors_in(path: str | Path) -> list[Path]:
+    """Detector files a path stands for: a detector file, a run folder, a sweep folder or a bundle's folder."""
+    return _files_in(path, detector_file, "detector")
 
 
 def checkpoints_in(path: str | Path) -> list[Path]:
     """Fold checkpoints a path stands for: a checkpoint/model file, a run folder, or a sweep folder."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if best_checkpoint(path).exists():
-        return [best_checkpoint(path)]
-    folds = [best_checkpoint(run) for run in fold_runs(path) if best_checkpoint(run).exists()]
-    if folds:
-        return folds
-    exported = sorted(path.glob(f"*{MODEL_FILE_SUFFIX}"))
-    if exported:
-        return exported
-    raise FileNotFoundError(f"no checkpoint in {path} (expected a model file, {best_checkpoint('.')} or fold_*/)")
+    return _files_in(path, best_checkpoint, "checkpoint")
 
 
 class ContractError(ValueError):
