@@ -19,6 +19,7 @@ import time
 import pandas as pd
 
 from iad.evaluation.oof import read_oof, score_oof
+from iad.utils.config import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "brain_crop"
@@ -47,9 +48,10 @@ def main() -> None:
     rows = []
     for label, extra in variants.items():
         name = f"bench_crop_{len(rows)}"
-        run(["train.py", "-m", f"experiment={args.experiment}", f"data.fold={args.folds}", f"name={name}", *paths,
-             *extra, *args.overrides])
-        sweep = WORK / "logs" / "train" / "sweeps" / name
+        overrides = [f"experiment={args.experiment}", f"data.fold={args.folds}", f"name={name}", *paths, *extra,
+                     *args.overrides]
+        run(["train.py", "-m", *overrides])
+        sweep = WORK / "logs" / "train" / "sweeps" / run_name(name, overrides)  # the configuration's folder
         plain = json.loads((sweep / "cv.json").read_text())["weighted_auc"]
         run(["predict.py", "mode=oof", f"model_path={sweep}", "tta.center_crop=0.75", f"output_dir={WORK / 'rescore'}",
              *paths])
