@@ -19,7 +19,6 @@ import time
 import pandas as pd
 
 from iad.evaluation.oof import read_oof, score_oof
-from iad.utils.config import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "brain_crop"
@@ -51,7 +50,7 @@ def main() -> None:
         overrides = [f"experiment={args.experiment}", f"data.fold={args.folds}", f"name={name}", *paths, *extra,
                      *args.overrides]
         run(["train.py", "-m", *overrides])
-        sweep = WORK / "logs" / "train" / "sweeps" / run_name(name, overrides)  # the configuration's folder
+        (sweep,) = (WORK / "logs" / "train" / "sweeps").glob(f"{name}*")  # <name>[@<overrides>]: the configuration's folder
         plain = json.loads((sweep / "cv.json").read_text())["weighted_auc"]
         run(["predict.py", "mode=oof", f"model_path={sweep}", "tta.center_crop=0.75", f"output_dir={WORK / 'rescore'}",
              *paths])

@@ -104,7 +104,10 @@ def test_run_names_carry_the_result_changing_overrides():
 
     assert run_name("exp2", ["experiment=exp2", "data.fold=3", "paths.data_dir=/data", "logger=wandb"]) == "exp2"
     assert run_name("exp2", ["model.optimizer.lr=1e-3", "seed=1"]) == run_name("exp2", ["seed=1", "model.optimizer.lr=1e-3"])
-    assert run_name("exp2", ["model.optimizer.lr=1e-3"]) == "exp2@model.optimizer.lr:1e-3"
+    assert run_name("exp2", ["model.optimizer.lr=1e-3"]) == "exp2@model.optimizer.lr:0.001"  # Hydra's canonical value
+    # as the multirun's folder is named from the typed overrides and each job's from Hydra's re-serialised ones
+    assert run_name("exp2", ["data.head_crop=false"]) == run_name("exp2", ["data.head_crop=False"])
+    assert run_name("exp2", ["model.optimizer.lr=1e-3"]) == run_name("exp2", ["model.optimizer.lr=0.0010"])
     assert run_name("exp2", ["seed=1", "data.input.offsets=[-2,0,2]"]) == "exp2@data.input.offsets:_-2_0_2_+seed:1"
     assert run_name("exp2", ["seed=1", "seed=2"]) == run_name("exp2", ["seed=2"])  # the last value wins
     assert run_name("exp2", ["model.optimizer.lr=1e-3,2e-3", "data.fold=0,1"]) == "exp2"  # sweep lists: per job

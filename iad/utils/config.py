@@ -43,7 +43,9 @@ def run_tag(overrides) -> str:
     for override in last.values():
         if override.is_sweep_override() or not is_identity_key(override.key_or_group):
             continue
-        value = "deleted" if override.type == OverrideType.DEL else override.input_line.partition("=")[2]
+        # Hydra's canonical text of the value, as each launched job sees it (false → False, 1e-3 → 0.001),
+        # so the multirun's folder and its jobs' folders agree
+        value = "deleted" if override.type == OverrideType.DEL else override.get_value_element_as_str()
         items.append(f"{override.key_or_group}{KEY_VALUE_SEP}{value}")  # sanitised below
     tag = ITEM_SEP.join(sorted(re.sub(r"[^A-Za-z0-9_.:\-]", "_", item) for item in items))
     if len(tag) > MAX_TAG_CHARS:
