@@ -152,6 +152,50 @@ def test_preflight_names_what_a_detector_run_lacks_here(tmp_path, monkeypatch):
     assert not [p for p in run_preflight(demo, "train") if p.fatal and p.key.startswith(("model.", "trainer."))]
 
 
+def test_validation_batches_keep_each_image_with_its_labels(tmp_path):
+    """ultralytics sorts validation items by aspect ratio (rect batches): pixels must follow their labels."""
+    import json as _json
+
+    from ultralytics.cfg import get_cfg
+
+    from iad.detection.dataset import CachedSliceDataset
+    from iad.preprocessing import PreprocessConfig, SeriesCache
+    from iad.synthetic.writer import write_ct_phantom
+
+    cache = SeriesCache(tmp_path / "cache", PreprocessConfig())
+    for uid, stamp in (("tall", 50), ("square", 200)):
+        write_ct_phantom(tmp_path / uid, 4, 64)
+        cache.build({uid: tmp_path / uid}, progress=False)
+        volume = np.array(cache.volume(uid))
+        volume[:, :4, :4] = stamp
+        if uid == "tall":  # 64 rows × 40 columns: a different aspect ratio, sorted after the square one
+            mean = np.ascontiguousarray(cache.mean_image(uid)[:, :40])
+            volume = np.ascontiguousarray(volume[:, :, :40])
+            meta_path = cache.series_dir(uid) / "meta.json"
+            meta = _json.loads(meta_path.read_text())
+            meta["shape"] = list(volume.shape)
+            meta_path.write_text(_json.dumps(meta))
+            np.save(cache.series_dir(uid) / "mean.npy", mean)
+        np.save(cache.series_dir(uid) / "volume.npy", volume)
+    items = pd.DataFrame({UID_COL: ["tall", "square"], SLICE_COL: [1, 2], SPLIT_COL: "val",
+                          LABELS_COL: ["0 0.25 0.25 0.1 0.1", "0 0.75 0.75 0.2 0.2"]})
+    items.to_csv(tmp_path / "val.csv", index=False)
+    source = {"root": str(cache.root), "preprocess": cache.config.to_dict(), "image": "slices", "offsets": [-1, 0, 1]}
+    dataset = CachedSliceDataset(img_path=str(tmp_path / "val.csv"), imgsz=64, batch_size=2, augment=False,
+                                 hyp=get_cfg(), rect=True, cache=None, stride=32, pad=0.5, task="detect",
+                                 classes=None, data={"names": {0: "aneurysm"}, "nc": 1, "channels": 3}, fraction=1.0,
+                                 cache_source=source)
+    assert [f.split("/")[0] for f in dataset.im_files] == ["square", "tall"]  # reordered by ultralytics
+    for i in range(2):
+        sample = dataset[i]
+        uid = sample["im_file"].split("/")[0]
+        stamp, box_x = {"tall": (50, 0.25), "square": (200, 0.75)}[uid]
+        image = sample["img"].numpy()
+        assert tuple(sample["ori_shape"]) == tuple(cache.meta(uid).shape[1:])
+        assert abs(float(sample["bboxes"][0, 0]) - box_x) < 0.2  # the labels of this image
+        assert (image[1] == stamp).any()  # and its pixels
+
+
 # ---- real runs -------------------------------------------------------------------------------------
 def detector_overrides(workspace: Path, experiment: str, name: str) -> list[str]:
     return [f"experiment={experiment}", f"name={name}", f"paths.data_dir={workspace / 'data'}",

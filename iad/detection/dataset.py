@@ -40,7 +40,9 @@ class CachedSliceDataset(YOLODataset):
         self.items = pd.read_csv(img_path, dtype={UID_COL: str}, keep_default_na=False)
         if not len(self.items):
             raise ValueError(f"{img_path}: no detector items (no boxes in this split?)")
-        return [f"{uid}/{'mean' if z == MEAN_IMAGE else z}" for uid, z in zip(self.items[UID_COL], self.items[SLICE_COL])]
+        names = [f"{uid}/{'mean' if z == MEAN_IMAGE else z}" for uid, z in zip(self.items[UID_COL], self.items[SLICE_COL])]
+        self.item_of = dict(zip(names, zip(self.items[UID_COL], self.items[SLICE_COL].astype(int))))
+        return names
 
     def get_labels(self) -> list[dict]:
         labels = []
@@ -54,7 +56,7 @@ class CachedSliceDataset(YOLODataset):
     def raw_image(self, i: int) -> np.ndarray:
         """H×W×C uint8 image of item i, channels reversed: ultralytics treats loaded images as BGR and
         flips them to RGB, so the network sees slices z + offsets in order (as `LoadedDetector.detect` feeds)."""
-        uid, z = self.items[UID_COL].iat[i], int(self.items[SLICE_COL].iat[i])
+        uid, z = self.item_of[self.im_files[i]]  # by name: validation's rect batching reorders im_files and labels
         if z == MEAN_IMAGE:
             return mean_stack(self.series_cache.mean_image(uid))
         return np.ascontiguousarray(slice_stack(self._volume(uid), z, self.offsets)[..., ::-1])
