@@ -321,6 +321,8 @@ def test_settings_change_regenerates_tables_and_keeps_series(tmp_path):
     first = set(pd.read_csv(tmp_path / TRAIN_CSV)[UID_COL])
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / SERIES_DIR).iterdir()}
     assert read_settings(tmp_path) == dataset_settings(n_series=2, seed=3, size_range=(64, 64))
+    with pytest.raises(ValueError, match="dataset.synthetic.generator=1: this code generates version"):
+        dataset_settings(n_series=2, generator=1)
 
     written = (tmp_path / SETTINGS_JSON).stat().st_mtime_ns
     ensure_dataset(source(n_series=2))  # same settings: nothing is rewritten

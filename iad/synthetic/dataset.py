@@ -31,6 +31,9 @@ LOCALIZERS_CSV = "train_localizers.csv"
 FOLDS_CSV = "train_kfold.csv"
 SETTINGS_JSON = "synthetic.json"
 LOCK_FILE = ".generating.lock"
+# What the generator draws: a dataset, and every run trained on it, changes with it (it is a dataset
+# setting, so part of a run's identity). 2: LabelImg boxes and a few coronal/sagittal series.
+GENERATOR_VERSION = 2
 AGE_COL = "PatientAge"
 SEX_COL = "PatientSex"
 TRAIN_COLUMNS: tuple[str, ...] = (UID_COL, AGE_COL, SEX_COL, MODALITY_COL, *LABEL_COLS)
@@ -162,11 +165,18 @@ def is_current(root: str | os.PathLike, settings: dict) -> bool:
 
 
 def dataset_settings(n_series: int = 60, seed: int = 0, size_range: tuple[int, int] = SIZE_RANGE,
-                     locations: str = "real", positive_share: float | None = None, max_slices: int = SLICES_RANGE[1]) -> dict:
-    """The full settings of a synthetic dataset (defaults filled in), as `make_dataset` records them."""
+                     locations: str = "real", positive_share: float | None = None, max_slices: int = SLICES_RANGE[1],
+                     generator: int = GENERATOR_VERSION) -> dict:
+    """The full settings of a synthetic dataset (defaults filled in), as `make_dataset` records them.
+
+    `generator` must be this code's GENERATOR_VERSION: an older version's data cannot be made again.
+    """
+    if int(generator) != GENERATOR_VERSION:
+        raise ValueError(f"dataset.synthetic.generator={generator}: this code generates version {GENERATOR_VERSION} "
+                         "(older versions' data cannot be made again)")
     return {"n_series": int(n_series), "seed": int(seed), "size_range": [int(v) for v in size_range],
             "locations": locations, "positive_share": None if positive_share is None else float(positive_share),
-            "max_slices": int(max_slices)}
+            "max_slices": int(max_slices), "generator": GENERATOR_VERSION}
 
 
 def make_dataset(
@@ -178,6 +188,7 @@ def make_dataset(
     locations: str = "real",
     positive_share: float | None = None,
     max_slices: int = SLICES_RANGE[1],
+    generator: int = GENERATOR_VERSION,
     workers: int = 1,
     progress: bool = True,
 ) -> DatasetSummary:
@@ -205,6 +216,7 @@ def make_dataset(
     root = Path(out_dir)
     series_root = root / SERIES_DIR
     series_root.mkdir(parents=True, exist_ok=True)
+    dataset_settings(generator=generator)  # an older generator version is refused before anything is drawn
     options = {"locations": locations, "positive_share": positive_share, "max_slices": max_slices}
     plans = [plan_series(seed, index, size_range, **options) for index in range(n_series)]
     with _exclusive(root / LOCK_FILE):  # parallel sweep jobs: the first generates, the others then find it done
@@ -214,7 +226,7 @@ def make_dataset(
         write_csv_atomic(labels, root / TRAIN_CSV)
         write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
         write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
-        settings = dataset_settings(n_series, seed, size_range, **options)
+        settings = dataset_settings(n_series, seed, size_range, **options, generator=generator)
         if read_boxes_record(root) != boxes_record(settings):  # also adds the boxes to datasets made before them
             write_boxes(root, plans, settings)
         write_json_atomic(settings, root / SETTINGS_JSON)
