@@ -1,0 +1,1 @@
+"""External TOF-MRA datasets (BIDS): discovery, masks, orientation."""
