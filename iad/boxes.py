@@ -24,7 +24,8 @@ from iad.labels import SOP_COL, UID_COL, CacheMapping, SeriesGeometry, locate_sl
 
 ANEURYSM_CLASSES: tuple[str, ...] = ("aneurysm", "aneurysm_mri_t2")
 BRAIN_CLASSES: tuple[str, ...] = ("brain", "abnormal")  # brain: axial mean image; abnormal: other views
-BOX_COLS: tuple[str, ...] = ("xmin", "ymin", "xmax", "ymax")
+BOX_COLS: tuple[str, ...] = ("xmin", "ymin", "xmax", "ymax")  # LabelImg's names, as in the annotation files
+XYXY_COLS: tuple[str, ...] = ("x0", "y0", "x1", "y1")  # the project's box columns: crop tables, detections, findings
 BRAIN_SPLITS: tuple[str, ...] = ("train", "val")
 
 _ANEURYSM_NAME = re.compile(r"annotations/(?P<uid>[0-9.]+)/(?P<sop>[0-9.]+?)(?:_(?P<frame>\d+))?\.xml")

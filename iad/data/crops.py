@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from iad.boxes import XYXY_COLS
 from iad.labels import UID_COL
 
 FULL_BOX = (0.0, 0.0, 1.0, 1.0)
-CROP_COLS = ("x0", "y0", "x1", "y1")  # normalised crop box columns of a crop table
+CROP_COLS = XYXY_COLS  # a crop table's box columns, normalised to [0, 1]
 
 
 def head_box(mean_image: np.ndarray, margin: float = 0.05) -> tuple[float, float, float, float]:

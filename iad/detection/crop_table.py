@@ -37,10 +37,11 @@ def resolve_detector(path: str | Path) -> tuple[Path, Path]:
 
 
 def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, out: str | Path | None = None,
-                     min_confidence: float = 0.25, workers: int = 0, device: str = "cpu") -> tuple[Path, Counter]:
+                     min_confidence: float | None = None, workers: int = 0, device: str = "cpu") -> tuple[Path, Counter]:
     """Crop every cached series of `source` (a DatasetSource) with the brain detector; returns the table
-    path and the counts per source ("detector", "head_box: <reason>", "not cached")."""
-    from iad.detection.crops import brain_crop, crop_row, write_crop_table
+    path and the counts per source ("detector", "head_box: <reason>", "not cached"). `min_confidence`
+    defaults to the rule's (`iad.detection.crops.DEFAULT_MIN_CONFIDENCE`)."""
+    from iad.detection.crops import DEFAULT_MIN_CONFIDENCE, brain_crop, crop_row, write_crop_table
     from iad.detection.detector import load_detector
     from iad.labels import UID_COL, read_series_labels
     from iad.preprocessing import prepare_dataset
@@ -52,9 +53,10 @@ def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, 
         raise ValueError(f"{path}: a {detector.spec.task} detector on {detector.spec.image!r} images; "
                          "a crop table needs the brain detector (mean images)")
     cache, _ = prepare_dataset(source, cache_root, detector.spec.preprocess, workers=workers)
-    uids = list(read_series_labels(source.train_csv)[UID_COL])
-    counts: Counter = Counter(not_cached=sum(not cache.has(uid) for uid in uids))
-    uids = [uid for uid in uids if cache.has(uid)]
+    min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else min_confidence
+    listed = list(read_series_labels(source.train_csv)[UID_COL])
+    uids = [uid for uid in listed if cache.has(uid)]  # each entry's integrity is checked once
+    counts: Counter = Counter(not_cached=len(listed) - len(uids))
     rows = []
     for uid in uids:
         mean = cache.mean_image(uid)

@@ -32,7 +32,6 @@ from iad.utils.weights import load_weights_only, save_weights_only
 
 ARCHITECTURE_KEY = "architecture"  # the ultralytics model yaml as a plain dict
 METRICS_KEY = "metrics"
-DETECTION_COLS = ("x0", "y0", "x1", "y1", "confidence", "cls")  # the columns of one `detect` row
 # ultralytics' NMS stops after max_time_img seconds per image; generous so a slow CPU never truncates silently
 NMS_SECONDS_PER_IMAGE = 2.0
 

@@ -25,14 +25,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from iad.boxes import XYXY_COLS
 from iad.ensembling.spec import ALL_FOLDS
 from iad.labels import LOCATION_COLS, PRESENT_COL, SOP_COL, UID_COL
 from iad.utils.io import atomic_write
 
 FINDINGS_FILE = "findings.csv"
 FINDINGS_DIR = "findings"  # <output>/findings/<SeriesInstanceUID>.png, one per positive series with a box
-BOX_COLUMNS = ("x0", "y0", "x1", "y1")  # original pixels of the slice
-FINDING_COLUMNS = (UID_COL, "present", "location", "location_probability", SOP_COL, "frame", *BOX_COLUMNS,
+FINDING_COLUMNS = (UID_COL, "present", "location", "location_probability", SOP_COL, "frame", *XYXY_COLS,
                    "confidence", "class", "slice_index", "reason")
 SLICE_MODES = ("top", "all")
 
@@ -172,10 +172,10 @@ class Finding:
 
     def row(self) -> dict:
         """The finding's `findings.csv` row (FINDING_COLUMNS)."""
-        box = self.box or (None,) * len(BOX_COLUMNS)
+        box = self.box or (None,) * len(XYXY_COLS)  # original pixels of the slice
         return {UID_COL: self.series_uid, "present": self.present, "location": self.location,
                 "location_probability": self.location_probability, SOP_COL: self.sop_uid, "frame": self.frame,
-                **{col: None if v is None else round(v, 2) for col, v in zip(BOX_COLUMNS, box)},
+                **{col: None if v is None else round(v, 2) for col, v in zip(XYXY_COLS, box)},
                 "confidence": self.confidence, "class": self.class_name, "slice_index": self.slice_index,
                 "reason": self.reason}
 

@@ -25,9 +25,11 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
+from iad.boxes import XYXY_COLS
 from iad.contract import CHECKPOINT_DIR, DETECTIONS_FILE, RESULT_FILE, YOLO_DIR, detector_file, fold_name
 from iad.detection.data import DetectorData, YoloModel
 from iad.detection.dataset import CachedSliceDataset
+from iad.detection.findings import scale_box
 from iad.detection.labels import MEAN_IMAGE, SLICE_COL
 from iad.labels import SOP_COL, UID_COL
 from iad.utils.io import atomic_write, write_csv_atomic, write_json_atomic
@@ -36,8 +38,8 @@ log = logging.getLogger(__name__)
 
 YOLO_LAST, YOLO_BEST = "last.pt", "best.pt"
 METRICS_FILE = "metrics.json"  # in yolo/: the best weights' final validation; marks training done
-DETECTION_COLS = (UID_COL, SOP_COL, "frame", SLICE_COL, "cls", "confidence", "x0", "y0", "x1", "y1",
-                  "orig_x0", "orig_y0", "orig_x1", "orig_y1")
+DETECTIONS_FILE_COLS = (UID_COL, SOP_COL, "frame", SLICE_COL, "cls", "confidence", *XYXY_COLS,
+                        *(f"orig_{col}" for col in XYXY_COLS))  # cache pixels, then the original image's
 OOF_MAX_DET = 5  # detections per image kept in detections.csv
 
 
@@ -185,19 +187,18 @@ def detect_held_out(detector_path: Path, data: DetectorData) -> pd.DataFrame:
             found = detector.detect_series_slices(cache.volume(uid), zs, conf=data.oof_confidence, max_det=OOF_MAX_DET)
         frames.append(_detection_rows(uid, zs, found, meta, detector.spec.classes))
     rows = [f for f in frames if len(f)]
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(DETECTION_COLS))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(DETECTIONS_FILE_COLS))
 
 
 def _detection_rows(uid: str, zs: np.ndarray, found: list[np.ndarray], meta, classes) -> pd.DataFrame:
-    scale_x, scale_y = meta.scale_xy
     rows = []
     for z, boxes in zip(zs, found):
         sop, frame = (None, None) if z == MEAN_IMAGE else (meta.sop_uids[z], meta.frames[z])
         for x0, y0, x1, y1, confidence, k in boxes:
+            original = scale_box((x0, y0, x1, y1), meta.shape[1:], meta.original_shape[1:])
             rows.append((uid, sop, frame, int(z), classes[int(k)], round(float(confidence), 5),
-                         *(round(float(v), 2) for v in (x0, y0, x1, y1)),
-                         *(round(float(v), 2) for v in (x0 / scale_x, y0 / scale_y, x1 / scale_x, y1 / scale_y))))
-    frame = pd.DataFrame(rows, columns=list(DETECTION_COLS))
+                         *(round(float(v), 2) for v in (x0, y0, x1, y1)), *(round(float(v), 2) for v in original)))
+    frame = pd.DataFrame(rows, columns=list(DETECTIONS_FILE_COLS))
     frame["frame"] = frame["frame"].astype("Int64")
     return frame
 

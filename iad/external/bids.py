@@ -153,12 +153,20 @@ def _volumes(paths: list[str], problems: list[str]) -> list[dict]:
         found = _VOLUME.match(path)
         if found is None:
             problems.append(f"{path}: an angio image outside the sub-*/ses-*/anat/*_angio.nii.gz layout; not used")
-        elif (found["fsub"], found["fses"]) != (found["sub"], found["ses"]):
-            problems.append(f"{path}: folder and file name name different subjects/sessions; not used")
+        elif _folder_disagrees(path, found, problems):
+            continue
         else:
             volumes.append({"subject": found["sub"], "session": found["ses"], "acq": found["acq"], "volume": path,
                             "brain_mask": None, "_lesions": []})
     return volumes
+
+
+def _folder_disagrees(path: str, found: re.Match, problems: list[str]) -> bool:
+    """True (and the problem noted) when the folders and the file name name different subjects/sessions."""
+    if (found["fsub"], found["fses"]) == (found["sub"], found["ses"]):
+        return False
+    problems.append(f"{path}: folder and file name name different subjects/sessions; not used")
+    return True
 
 
 def _lausanne_masks(paths: list[str], problems: list[str]) -> list[_Mask]:
@@ -169,8 +177,8 @@ def _lausanne_masks(paths: list[str], problems: list[str]) -> list[_Mask]:
         found = _LAUSANNE_MASK.match(path)
         if found is None:
             problems.append(f"{path}: an image in {_LAUSANNE_MASK_DIR} that is neither a brain nor a lesion mask")
-        elif (found["fsub"], found["fses"]) != (found["sub"], found["ses"]):
-            problems.append(f"{path}: folder and file name name different subjects/sessions; not used")
+        elif _folder_disagrees(path, found, problems):
+            continue
         else:
             kind, order = ("brain", 0) if found["brain"] else ("lesion", int(found["lesion"]))
             masks.append(_Mask(path, found["sub"], found["ses"], None, kind, order))

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-import shutil
 
 import cv2
 import numpy as np
@@ -17,6 +16,7 @@ from iad.contract import MODEL_FILE_SUFFIX, ContractError, detectors_in, fold_na
 from iad.detection.findings import DetectorCost, Finding, detection_slices, scale_box, strongest_detection
 from iad.dicom.headers import FrameRef
 from iad.ensembling.spec import ALL_FOLDS, ANEURYSM_DETECTOR_KEY
+from iad.utils.io import atomic_write
 from iad.utils.weights import file_sha256
 
 BUNDLE_DETECTOR_DIR = "detectors/aneurysm"  # a bundle's aneurysm detector files: fold_<i>.pt
@@ -111,8 +111,7 @@ def export_localizer(localizer: AneurysmLocalizer, out_dir: str | Path) -> dict:
     digests = {}
     for index, source in enumerate(localizer.files):
         name = f"{fold_name(index)}{MODEL_FILE_SUFFIX}"
-        partial = target / f".{name}.partial"
-        shutil.copyfile(source, partial)
-        partial.replace(target / name)
+        with atomic_write(target / name, "wb") as handle:
+            handle.write(Path(source).read_bytes())
         digests[name] = file_sha256(target / name)
     return {"path": BUNDLE_DETECTOR_DIR, "sha256": digests, **localizer.cost.to_dict(), "folds": ALL_FOLDS}
