@@ -40,6 +40,7 @@ CV_FILE = "cv.json"
 
 # ---- a bundle: weights-only model files and the blend -------------------------------------------
 BUNDLE_FILE = "bundle.json"
+SUBMISSION_FILE = "submission.csv"  # predict.py: one row per series, the 14 label columns
 BUNDLE_MEMBERS_DIR = "members"
 MODEL_FILE_SUFFIX = ".pt"
 MODEL_FILE_FORMAT = "iad-model/2"

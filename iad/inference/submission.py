@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from iad.contract import SUBMISSION_FILE
 from iad.datasets import NoSeriesError, series_folders_in  # noqa: F401 - NoSeriesError: callers import it here
 from iad.detection.findings import FINDINGS_DIR, FINDINGS_FILE, Finding, findings_frame, write_finding_png
 from iad.inference.predictor import TIMING_STAGES, Predictor
@@ -16,7 +17,6 @@ from iad.utils.io import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
-SUBMISSION_FILE = "submission.csv"
 TIMINGS_FILE = "timings.csv"
 TIMING_COLUMNS = [UID_COL, *(f"{stage}_s" for stage in TIMING_STAGES), "total_s", "fallback"]
 
