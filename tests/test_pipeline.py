@@ -65,7 +65,8 @@ def test_plan_runs_the_reference_order_and_hands_outputs_on(tmp_path):
         assert _value(by_name[member].argv, "dataset.synthetic.n_series") == "30"
     for member in CLEANED_MEMBERS:  # and the cleaned members on what cleaning and pseudo-labelling write
         assert Path(_value(by_name[member].argv, "data.train_labels")).parent == by_name["cleaning"].done_file.parent
-        assert Path(_value(by_name[member].argv, "data.external.pseudo_labels")).parent == by_name["pseudo_labels"].done_file.parent
+        pseudo = Path(_value(by_name[member].argv, "data.external.pseudo_labels"))
+        assert pseudo.parent == by_name["pseudo_labels"].done_file.parent
         assert _value(by_name[member].argv, "external.x") == "1"
     assert "data.train_labels" not in " ".join(by_name["exp2_vit"].argv)
     assert _value(by_name["exp2_vit"].argv, "trainer.max_epochs") == "1"
