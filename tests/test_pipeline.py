@@ -190,3 +190,37 @@ def test_pipeline_command_plans_the_reference_recipe(tmp_path):
             for arg in line.split():
                 if arg.startswith("experiment="):
                     assert (CONFIG_DIR / "experiment" / f"{arg.split('=', 1)[1]}.yaml").exists(), arg
+
+
+def _compose(config: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config, overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("recipe_name", ["final1", "final2"])
+def test_reference_ensembles_resolve_the_six_members(tmp_path, recipe_name):
+    """final1 / final2 name the sweeps the reference's experiments leave (their `name`), and blend all of them."""
+    from omegaconf import OmegaConf
+
+    from iad.ensembling import run_ensemble
+
+    recipe = OmegaConf.load(CONFIG_DIR / "recipe" / "reference.yaml")
+    ensemble = _compose("ensemble", [f"ensemble={recipe_name}", f"paths.log_dir={tmp_path}"]).ensemble
+    members = OmegaConf.to_container(ensemble.members, resolve=True)
+    rng = np.random.default_rng(1)
+    uids = [f"1.2.{i}" for i in range(30)]
+    for member, settings in members.items():
+        experiment = recipe.experiments[member]
+        train = _compose("train", [f"experiment={experiment}", f"paths.log_dir={tmp_path}"])
+        assert train.name == experiment
+        assert Path(settings["path"]) == tmp_path / "train" / "sweeps" / experiment
+        Path(settings["path"]).mkdir(parents=True)
+        _oof(uids, np.random.default_rng(1), 0.2).to_csv(Path(settings["path"]) / OOF_FILE, index=False)
+    expected = {"final1": set(CLASSIFIER_MEMBERS), "final2": set(CLASSIFIER_MEMBERS) - {"exp5"}}[recipe_name]
+    assert set(members) == expected
+    report = run_ensemble(members, tmp_path / "out")
+    assert {m["name"] for m in report["members"]} == expected
+    spec = json.loads((tmp_path / "out" / "ensemble.json").read_text())
+    assert {m["name"] for m in spec["members"]} == expected
