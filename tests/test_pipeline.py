@@ -209,7 +209,6 @@ def test_reference_ensembles_resolve_the_six_members(tmp_path, recipe_name):
     recipe = OmegaConf.load(CONFIG_DIR / "recipe" / "reference.yaml")
     ensemble = _compose("ensemble", [f"ensemble={recipe_name}", f"paths.log_dir={tmp_path}"]).ensemble
     members = OmegaConf.to_container(ensemble.members, resolve=True)
-    rng = np.random.default_rng(1)
     uids = [f"1.2.{i}" for i in range(30)]
     for member, settings in members.items():
         experiment = recipe.experiments[member]
