@@ -17,10 +17,11 @@ export WANDB_MODE ?= offline
 export IAD_CACHE_ROOT ?= $(CURDIR)/.cache
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv demo test test-slow bench clean
+.PHONY: help venv demo pipeline test test-slow bench clean
 
 help:
 	@echo "make demo       set up .venv and run the demo on the built-in synthetic data"
+	@echo "make pipeline   the reference's whole pipeline (exp0 ... exp5, ensemble, bundle, predictions) on the demo data"
 	@echo "make test       set up .venv and run the test suite (what CI runs)"
 	@echo "make test-slow  also run tests marked slow"
 	@echo "make bench      run the benchmarks in benchmarks/"
@@ -36,6 +37,9 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) train.py -m data.fold=0,1,2,3,4
+
+pipeline: venv
+	$(PY) -m iad.pipeline recipe=demo
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
