@@ -215,7 +215,8 @@ def write_volume(root: Path, index: int, settings: dict) -> dict:
             save_nifti(stored_image(np.logical_or.reduce(masks), plan, mask_codes, tilt, mask_type), folder / path)
         save_nifti(stored_image(brain_mask(plan), plan, mask_codes, tilt, np.uint8), folder / paths["brain"])
         volume = render_volume(plan, render_rng(_plan_seed(settings["seed"]), index))
-        save_nifti(stored_image(np.clip(np.rint(volume), 0, np.iinfo(np.int16).max), plan, codes, tilt), folder / paths["volume"])
+        stored = np.rint(np.clip(volume, *plan.style.value_range))  # as the DICOM writer stores MRA (12 bits)
+        save_nifti(stored_image(stored, plan, codes, tilt), folder / paths["volume"])
     lesion_locations = {path: a.location for path, a in zip(paths["lesions"], plan.aneurysms)}
     return {"index": index, **entities, "volume": paths["volume"], "n_lesions": len(masks),
             "shape": list(plan.geometry.shape), "locations": lesion_locations}
