@@ -95,7 +95,9 @@ class MaskError(ValueError):
 def load_oriented(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """A 3-D NIfTI image as (slice, row, column) in iad.dicom's axial layout, and its affine after that reorientation."""
     image = nib.load(str(path))
-    data = np.asanyarray(image.dataobj)
+    proxy = image.dataobj  # stored integers stay integers (the cache's histogram path); scaled data become float32
+    scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+    data = image.get_fdata(dtype=np.float32) if scaled else np.asanyarray(proxy)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
