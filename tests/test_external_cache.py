@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
 import nibabel as nib
@@ -196,3 +197,22 @@ def test_several_components_on_a_slice_stay_one_lesion(tmp_path):
 def test_read_external_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="not prepared"):
         read_external(tmp_path, PreprocessConfig(), "tofmra")
+
+
+def test_scaled_nifti_caches_like_its_stored_integers(prepared, tmp_path):
+    source, config, cache, tables, volumes = prepared
+    from iad.external.cache import cache_volume
+
+    row = tables.series.iloc[0]
+    original = nib.load(str(Path(source.roots[row["dataset"]]) / row["volume"]))
+    stored = np.asanyarray(original.dataobj).astype(np.int16)
+    scaled = nib.Nifti1Image(stored, original.affine)
+    scaled.header.set_slope_inter(0.5, 10.0)  # modality units = stored / 2 + 10: the same image, other units
+    path = tmp_path / "scaled.nii.gz"
+    nib.save(scaled, str(path))
+    assert nib.load(str(path)).dataobj.slope == 0.5
+    meta = cache_volume(path, tmp_path / "entry", config)
+    again = np.load(tmp_path / "entry" / "volume.npy")
+    expected = cache.volume(row[UID_COL])
+    assert meta.shape == expected.shape
+    assert np.abs(again.astype(int) - expected.astype(int)).max() <= 1
