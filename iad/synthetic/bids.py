@@ -17,7 +17,9 @@ location, `root/volumes.csv` what was drawn (orientation, lesions), `root/synthe
 settings (written last with `complete: true`, so a folder whose settings match is complete).
 
 Defaults keep it small for tests: 64-96 pixels in-plane, at most 40 slices (24 at least, see
-`plan.SLICES_RANGE`), about 0.3 s per volume.
+`plan.SLICES_RANGE`), about 0.2 s per volume. Command line:
+`python -m iad.synthetic.bids OUT --n-volumes 24 [--seed S --size-range 64 96 --max-slices 40
+--positive-share 0.6 --multi-share 0.3]`; the `external=synthetic` config generates it on first use.
 """
 
 from __future__ import annotations
@@ -284,3 +286,27 @@ def _claim(root: Path, settings: dict) -> None:
             target = root / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     write_json_atomic({**settings, "complete": False}, root / SETTINGS_JSON)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m iad.synthetic.bids OUT [--n-volumes N] [--seed S] ...`: write a synthetic external dataset."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m iad.synthetic.bids", description=main.__doc__)
+    parser.add_argument("out", help="folder for ds003949/, ds005096/, truth.csv (volumes already there are kept)")
+    parser.add_argument("--n-volumes", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size-range", type=int, nargs=2, default=SIZE_RANGE, metavar=("MIN", "MAX"))
+    parser.add_argument("--max-slices", type=int, default=MAX_SLICES)
+    parser.add_argument("--positive-share", type=float, default=0.6)
+    parser.add_argument("--multi-share", type=float, default=0.3)
+    args = parser.parse_args(argv)
+    volumes = make_bids(args.out, args.n_volumes, args.seed, size_range=tuple(args.size_range),
+                        max_slices=args.max_slices, positive_share=args.positive_share, multi_share=args.multi_share)
+    counts = volumes.groupby("dataset")["n_lesions"].agg(["size", lambda n: int((n > 0).sum()), "sum"])
+    counts.columns = ["volumes", "positive", "lesions"]
+    print(f"synthetic external data in {args.out}:\n{counts.to_string()}")
+
+
+if __name__ == "__main__":
+    main()
