@@ -169,7 +169,8 @@ def test_damaged_entry_rebuilt_bad_volume_and_mask_reported(tmp_path):
 def test_excluded_acquisition_is_recorded_not_cached(tmp_path):
     data = tmp_path / "data"
     source = synthetic_source(data, n_volumes=4)
-    prepare_external(source, tmp_path / "cache", PreprocessConfig(image_size=32), progress=False)
+    first = prepare_external(source, tmp_path / "cache", PreprocessConfig(image_size=32), workers=2, progress=False)
+    assert first.series["excluded"].isna().all() and len(first.lesions) == first.series["n_lesions"].sum()
     volume = next((data / "ds005096").rglob("*_acq-tra_angio.nii.gz"))
     mrv = volume.parent / volume.name.replace("_acq-tra_", "_acq-MRV_")
     shutil.copy(volume, mrv)
