@@ -160,3 +160,26 @@ def test_train_dataloader_and_hydra_entry(external):
     built = instantiate(cfg.data)
     assert isinstance(built, TOFMRADataModule) and built.source.roots["ds003949"].endswith("synthetic_tofmra/ds003949")
     assert built.source.synthetic["n_volumes"] == 24 and built.pseudo_labels is None
+
+
+def test_a_classifier_trains_on_the_external_slices_alone(external):
+    import pytorch_lightning as pl
+
+    from iad.utils.config import register_resolvers
+
+    register_resolvers()
+    base, source, _, _ = external
+    overrides = ["~experiment", "name=t", "data=tofmra", "+external=synthetic", f"paths.root_dir={base}",
+                 f"paths.cache_dir={base / 'cache'}", "paths.output_dir=.", "external.synthetic.n_volumes=8",
+                 "external.synthetic.seed=0", "preprocess.image_size=64", "model.backbone=test_resnet",
+                 "data.input.img_size=32", "data.batch_size=4", "data.num_workers=0", "data.prepare_workers=0",
+                 *[f"external.roots.{d}={r}" for d, r in source.roots.items()], f"external.truth={source.truth}"]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    data, model = instantiate(cfg.data), instantiate(cfg.model)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, accelerator="cpu", num_sanity_val_steps=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 3
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
