@@ -197,3 +197,14 @@ def test_ensure_external_generates_the_synthetic_source(tmp_path):
         ExternalSource("bad", {"ds000000": "x"})
     with pytest.raises(ValueError, match="<folder>/<dataset id>"):
         ensure_external(ExternalSource("bad", {"ds003949": str(tmp_path / "a")}, synthetic=settings))
+
+
+def test_parallel_jobs_share_one_generation(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        tables = [f.result() for f in [pool.submit(make_bids, tmp_path / "shared", 4, 9) for _ in range(2)]]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert is_current_bids(tmp_path / "shared", bids_settings(4, 9))
+    assert all(discover(tmp_path / "shared" / d, d).attrs["problems"] == [] for d in DATASETS)

@@ -39,6 +39,7 @@ from iad.external.bids import CONTROL_COLUMN, CONTROL_VALUE, DATASETS, PARTICIPA
 from iad.external.tables import LESION_COL, TRUTH_COLS, TRUTH_TABLE, external_series_uid
 from iad.labels import UID_COL
 from iad.synthetic import anatomy
+from iad.synthetic.dataset import LOCK_FILE, _exclusive
 from iad.synthetic.phantom import render_volume
 from iad.synthetic.plan import SLICES_RANGE, SeriesPlan, plan_series, render_rng
 from iad.utils.io import atomic_write, write_csv_atomic, write_json_atomic
@@ -261,24 +262,26 @@ def make_bids(root: str | os.PathLike, n_volumes: int = 12, seed: int = 0, *, si
         raise ValueError(f"max_slices must be in {list(SLICES_RANGE)}, got {max_slices}")
     settings = bids_settings(n_volumes, seed, size_range, max_slices, positive_share, multi_share, generator)
     root = Path(root)
-    _claim(root, settings)
-    records = [write_volume(root, index, settings) for index in range(settings["n_volumes"])]
-    for dataset in DATASETS:
-        write_json_atomic({"Name": f"synthetic {dataset} (iad phantom)", "BIDSVersion": "1.8.0", "DatasetType": "raw"},
-                          root / dataset / "dataset_description.json")
-        write_csv_atomic(_participants(records, dataset), root / dataset / PARTICIPANTS_FILE, sep="\t")
-    write_csv_atomic(truth_table(root, records), root / TRUTH_TABLE)
-    volumes = pd.DataFrame([{k: v for k, v in r.items() if k != "locations"} | {"locations": ";".join(r["locations"].values())}
-                            for r in records])
-    write_csv_atomic(volumes, root / VOLUMES_TABLE)
-    write_json_atomic({**settings, "complete": True}, root / SETTINGS_JSON)
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / LOCK_FILE):  # parallel jobs: the first generates, the others then find it done
+        _claim(root, settings)
+        records = [write_volume(root, index, settings) for index in range(settings["n_volumes"])]
+        for dataset in DATASETS:
+            write_json_atomic({"Name": f"synthetic {dataset} (iad phantom)", "BIDSVersion": "1.8.0",
+                               "DatasetType": "raw"}, root / dataset / "dataset_description.json")
+            write_csv_atomic(_participants(records, dataset), root / dataset / PARTICIPANTS_FILE, sep="\t")
+        write_csv_atomic(truth_table(root, records), root / TRUTH_TABLE)
+        volumes = pd.DataFrame([{k: v for k, v in r.items() if k != "locations"}
+                                | {"locations": ";".join(r["locations"].values())} for r in records])
+        write_csv_atomic(volumes, root / VOLUMES_TABLE)
+        write_json_atomic({**settings, "complete": True}, root / SETTINGS_JSON)
     return volumes
 
 
 def _claim(root: Path, settings: dict) -> None:
     """Make `root` ours for `settings`: keep a matching (possibly partial) dataset, wipe one made with other settings."""
     recorded = read_bids_settings(root)
-    if recorded is None and root.exists() and any(root.iterdir()):
+    if recorded is None and any(p.name != LOCK_FILE for p in root.iterdir()):
         raise FileExistsError(f"{root}: not empty and not made by the synthetic BIDS generator (no {SETTINGS_JSON}); "
                               "refusing to write into it")
     if recorded is not None and {k: v for k, v in recorded.items() if k != "complete"} != settings:
