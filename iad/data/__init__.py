@@ -7,4 +7,5 @@ inference's `import iad.data.crops` never pulls in Lightning.
 from iad.utils.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "MaskSpec": "dataset", "SliceDataset": "dataset", "SliceInput": "inputs", "RSNASliceDataModule": "rsna"})
+    "MaskSpec": "dataset", "SliceDataset": "dataset", "SliceInput": "inputs", "RSNASliceDataModule": "rsna",
+    "TOFMRADataModule": "tofmra"})

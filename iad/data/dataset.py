@@ -34,13 +34,16 @@ class SliceDataset(Dataset):
     `volume_of(uid)` returns the cached Z×H×W uint8 volume (memory-mapped). A horizontal flip in the
     albumentations `transform` (built with `save_applied_params=True`) swaps left/right labels.
     Items marked `background` (slices far from a positive series' aneurysms) get all-zero targets.
+    `item_targets` (items × 14, e.g. soft pseudo-labels) replaces the series' labels item by item;
+    with `series_ids=False` every sample's "series" is -1 (not a row of an RSNA series table).
     """
 
     def __init__(self, series: pd.DataFrame, items: pd.DataFrame, labels: np.ndarray,
                  volume_of: Callable[[str], np.ndarray], slice_input: SliceInput,
                  crop_boxes: list[tuple[float, float, float, float]], center_crop_ratio: float = 1.0,
                  transform=None, masks: MaskSpec | None = None, localizer_points: dict | None = None,
-                 box_pixels_by_slice: dict | None = None, spacings: list | None = None):
+                 box_pixels_by_slice: dict | None = None, spacings: list | None = None,
+                 item_targets: np.ndarray | None = None, series_ids: bool = True):
         self.uids = series["SeriesInstanceUID"].tolist()
         self.rows = items[SERIES_COL].to_numpy(np.int64)
         self.slices = items[SLICE_COL].to_numpy(np.int64)
@@ -54,6 +57,10 @@ class SliceDataset(Dataset):
         self.points = localizer_points or {}
         self.drawn_boxes = box_pixels_by_slice or {}
         self.spacings = spacings
+        self.item_targets = None if item_targets is None else np.asarray(item_targets, dtype=np.float32)
+        if self.item_targets is not None and len(self.item_targets) != len(self.rows):
+            raise ValueError(f"item_targets has {len(self.item_targets)} rows for {len(self.rows)} items")
+        self.series_ids = series_ids
         self._open: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -83,7 +90,10 @@ class SliceDataset(Dataset):
             image, mask = self.input.image(volume, z, self.boxes[row]), None
         else:
             image, mask = self.input.image(volume, z, self.boxes[row], self.mask(row, z, *volume.shape[1:]))
-        target = np.zeros_like(self.labels[row]) if self.background[index] else self.labels[row]
+        if self.item_targets is not None:
+            target = self.item_targets[index]
+        else:
+            target = np.zeros_like(self.labels[row]) if self.background[index] else self.labels[row]
         if self.transform is not None:
             out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
             image, mask = out["image"], out.get("mask", mask)
@@ -92,7 +102,7 @@ class SliceDataset(Dataset):
         sample = {
             "image": self.input.to_tensor(image),
             "target": torch.tensor(target, dtype=torch.float32),
-            "series": torch.as_tensor(row, dtype=torch.long),
+            "series": torch.as_tensor(row if self.series_ids else -1, dtype=torch.long),
         }
         if mask is not None:
             sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]

@@ -45,6 +45,9 @@ LESION_BOX_COLS = [UID_COL, LESION_COL, SLICE_COL, *XYXY_COLS, "voxels"]
 LESION_COLS = [UID_COL, LESION_COL, SLICE_COL, "x", "y", "voxels"]
 TRUTH_COLS = [UID_COL, LESION_COL, LOCATION_COL]
 PSEUDO_COLS = [UID_COL, SLICE_COL, *LABEL_COLS, *XYXY_COLS, BOX_SOURCE_COL]
+# Columns read as text whatever they hold (BIDS labels such as subject "001" keep their zeros).
+_TEXT_COLS = {name: str for name in (UID_COL, "dataset", "subject", "session", "acq", "volume", STATUS_COL, "excluded",
+                                     LOCATION_COL, BOX_SOURCE_COL)}
 
 
 def external_series_uid(dataset: str, subject: str, session: str, acq: str | None = None) -> str:
@@ -66,7 +69,7 @@ def read_table(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    frame = pd.read_csv(path, keep_default_na=True)
+    frame = pd.read_csv(path, keep_default_na=True, dtype=_TEXT_COLS)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")

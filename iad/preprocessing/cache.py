@@ -243,10 +243,7 @@ def cache_series(folder: str | Path, series_dir: Path, config: PreprocessConfig,
     Raises SeriesReadError (unreadable) or NoContrastError (a flat, unscorable input).
     """
     layout = scan_series(folder, limits)
-    tmp_dir = series_dir.parent / f"{TMP_PREFIX}{series_dir.name}-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    try:
+    with entry_writer(series_dir) as tmp_dir:
         layout, volume, intensity = write_normalised(layout, tmp_dir / VOLUME_FILE, config)
         require_contrast(volume.low, volume.high, folder)
         shape, (n_slices, rows, cols) = volume.shape, (len(layout.frames), layout.rows, layout.cols)
@@ -266,6 +263,18 @@ def cache_series(folder: str | Path, series_dir: Path, config: PreprocessConfig,
             dropped=[tuple(map(str, d)) for d in layout.dropped],
         )
         write_json_atomic(meta.to_json(), tmp_dir / META_FILE)
+    return meta
+
+
+@contextmanager
+def entry_writer(series_dir: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write a cache entry into, renamed to `series_dir` when the block
+    succeeds (removed when it fails; kept out of the way when a concurrent writer finished first)."""
+    tmp_dir = series_dir.parent / f"{TMP_PREFIX}{series_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    try:
+        yield tmp_dir
         if series_dir.exists():  # a concurrent writer finished first; theirs is identical
             shutil.rmtree(tmp_dir)
         else:
@@ -273,7 +282,6 @@ def cache_series(folder: str | Path, series_dir: Path, config: PreprocessConfig,
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return meta
 
 
 def _cache_one(args: tuple[str, str, PreprocessConfig, ReadLimits | None]) -> tuple[str, str | None]:

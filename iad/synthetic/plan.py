@@ -245,14 +245,17 @@ def _modality_and_label(u: float, v: float, positive_share: float | None) -> tup
     return modality, bool(v < share)
 
 
-def _draw_locations(w: float, rng: np.random.Generator, weights: dict[str, float]) -> list[str]:
+def _draw_locations(w: float, rng: np.random.Generator, weights: dict[str, float],
+                    multi_share: float | None = None) -> list[str]:
     """The first location from the Weyl value `w` (so even a small dataset matches the shares), a
-    second one for the real share of multi-location series."""
+    second one for the real share of multi-location series (or `multi_share` of them)."""
     shares = np.array([weights[c] for c in LOCATION_COLS], dtype=float)
     shares /= shares.sum()
     first = min(int(np.searchsorted(np.cumsum(shares), w, side="right")), len(shares) - 1)
     picks = [first]
-    if rng.random() < frequencies.MULTI_LOCATION_POSITIVES / frequencies.POSITIVE_SERIES:
+    if multi_share is None:
+        multi_share = frequencies.MULTI_LOCATION_POSITIVES / frequencies.POSITIVE_SERIES
+    if rng.random() < multi_share:
         rest = shares.copy()
         rest[first] = 0.0
         picks.append(int(rng.choice(len(shares), p=rest / rest.sum())))
@@ -383,13 +386,16 @@ def _draw_appearance(rng: np.random.Generator, style: ModalityStyle) -> Appearan
 
 
 def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE, locations: str = "real",
-                positive_share: float | None = None, max_slices: int = SLICES_RANGE[1]) -> SeriesPlan:
+                positive_share: float | None = None, max_slices: int = SLICES_RANGE[1], *,
+                modality: str | None = None, multi_share: float | None = None) -> SeriesPlan:
     """Draw every choice for series `index` of the dataset made with `seed`.
 
     `locations` names the aneurysm location shares (`frequencies.LOCATION_WEIGHTS`: real or
     uniform); `positive_share` sets the share of positive series in every modality (None: the real
     per-modality shares); `max_slices` caps the slices per series (the slab still covers every
-    aneurysm location, with thicker slices when needed).
+    aneurysm location, with thicker slices when needed). `modality` forces one modality and
+    `multi_share` the share of positives with a second location (None: the real shares; both take
+    part in the UIDs only when set, so existing datasets keep theirs).
     """
     if not SLICES_RANGE[0] <= max_slices <= SLICES_RANGE[1]:
         raise ValueError(f"max_slices must be in {list(SLICES_RANGE)}, got {max_slices}")
@@ -397,10 +403,14 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE,
         raise ValueError(f"locations must be one of {sorted(frequencies.LOCATION_WEIGHTS)}, got {locations!r}")
     if positive_share is not None and not 0.0 <= positive_share <= 1.0:
         raise ValueError(f"positive_share must be in [0, 1] or None, got {positive_share}")
-    variant = (tuple(size_range), locations, positive_share, max_slices)
+    if modality is not None and modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {list(MODALITIES)} or None, got {modality!r}")
+    overrides = tuple(f"{k}={v}" for k, v in (("modality", modality), ("multi_share", multi_share)) if v is not None)
+    variant = (tuple(size_range), locations, positive_share, max_slices, *overrides)
     rng = _series_rng(seed, index)
     u, v, w = _weyl_draws(seed, index)
-    modality, positive = _modality_and_label(u, v, positive_share)
+    drawn_modality, positive = _modality_and_label(u, v, positive_share)
+    modality = modality or drawn_modality
     style = STYLES[modality]
     pose = _draw_pose(rng)
     geometry = _draw_geometry(rng, style, pose, size_range, max_slices)
@@ -411,7 +421,7 @@ def plan_series(seed: int, index: int, size_range: tuple[int, int] = SIZE_RANGE,
     radius_scale = rng.uniform(0.9, 1.1)
     arteries = _place_vessels(anatomy.ARTERIES, warp, pose, radius_scale)
     veins = _place_vessels(anatomy.VEINS, warp, pose, 1.0)
-    drawn = _draw_locations(w, rng, frequencies.LOCATION_WEIGHTS[locations]) if positive else []
+    drawn = _draw_locations(w, rng, frequencies.LOCATION_WEIGHTS[locations], multi_share) if positive else []
     aneurysms = tuple(_draw_aneurysm(rng, location, arteries, pose) for location in drawn)
     bulges = _draw_bulges(rng, arteries)
     n_files = 1 if style.multi_frame else VIEWS[view].shape(geometry.shape)[0]
