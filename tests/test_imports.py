@@ -25,6 +25,7 @@ TORCH_FREE = [
     "iad.detection.images", "iad.detection.labels", "iad.detection.data", "iad.detection.crops",
     "iad.detection.findings", "iad.preflight", "iad.external", "iad.external.bids", "iad.external.orientation",
     "ensemble",  # the entry point, before Hydra runs it
+    "iad.labelling.pseudo_labels", "iad.labelling.pseudo",  # the pseudo-label rule; the stage imports torch when run
 ]
 TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
 INFERENCE = ["iad.inference", "iad.inference.kaggle", "iad.inference.loading", "iad.inference.predictor",

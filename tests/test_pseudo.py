@@ -210,8 +210,7 @@ def standin_tables(source, cache_root: Path, config, truth_path: Path, unknown: 
     """Cache the stand-in source like prepare_external would and build its tables: series.csv (positives,
     controls, one `unknown`), lesion boxes from the generator's boxes (each assigned to its nearest
     localizer: one lesion per localizer), lesions from the localizers, truth.csv from their locations."""
-    from iad.boxes import read_aneurysm_boxes
-    from iad.boxes import map_boxes
+    from iad.boxes import map_boxes, read_aneurysm_boxes
     from iad.labels import map_localizers, read_localizers, read_series_labels
     from iad.preprocessing import prepare_dataset
 
@@ -258,10 +257,13 @@ def loaded(models):
 
 
 def test_predictor_slice_probabilities_blend_the_members_folds_and_match_the_series_prediction(models, loaded):
-    from iad.inference.predictor import Predictor, replace
+    from dataclasses import replace
+
+    import torch
+
+    from iad.inference.predictor import Predictor
     from iad.models.aggregation import aggregate_series
     from iad.preprocessing import SeriesCache
-    import torch
 
     predictor, _ = loaded
     assert [len(m.models) for m in predictor.members] == [2, 1]
@@ -364,22 +366,25 @@ def test_stage_writes_every_table_from_the_models_outputs(stage):
     assert report["truth"]["kept_slices"]["chance"] == pytest.approx(1 / len(LOCATION_COLS), rel=0.5)
 
 
-def test_stage_is_skipped_when_finished_and_reruns_on_overwrite(stage):
+def test_stage_is_skipped_when_finished_and_reruns_on_overwrite(stage, tmp_path):
+    import shutil
+
     from iad.labelling.pseudo import REPORT_FILE, pseudo_label
 
+    out = shutil.copytree(stage.out, tmp_path / "out")
     calls = []
 
     def counting(config):
         calls.append(config.key)
         return stage.tables_for(config)
 
-    before = (stage.out / REPORT_FILE).stat().st_mtime_ns
-    pseudo_label(counting, stage.cache_root, stage.predictor, stage.detectors, stage.out, stage.rule, stage.truth)
-    assert calls == [] and (stage.out / REPORT_FILE).stat().st_mtime_ns == before
+    before = (out / REPORT_FILE).stat().st_mtime_ns
+    pseudo_label(counting, stage.cache_root, stage.predictor, stage.detectors, out, stage.rule, stage.truth)
+    assert calls == [] and (out / REPORT_FILE).stat().st_mtime_ns == before
     strict = PseudoRule(present_threshold=0.999, location_threshold=0.999, controls=False)
-    report = pseudo_label(counting, stage.cache_root, stage.predictor, stage.detectors, stage.out, strict, stage.truth,
+    report = pseudo_label(counting, stage.cache_root, stage.predictor, stage.detectors, out, strict, stage.truth,
                           overwrite=True)
     assert calls and report["rule"]["present_threshold"] == 0.999
     assert report["slices"]["kept"] <= stage.report["slices"]["kept"]
-    pseudo = pd.read_csv(stage.out / PSEUDO_TABLE)
+    pseudo = pd.read_csv(out / PSEUDO_TABLE)
     assert len(pseudo) == report["slices"]["kept"]

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from iad.boxes import XYXY_COLS
 from iad.external.tables import (
     CONTROL,
     POSITIVE,
@@ -32,7 +31,6 @@ from iad.external.tables import (
     read_table,
 )
 from iad.labelling.pseudo_labels import (
-    CONFIDENCE_COL,
     DETECTION_COLS,
     ON_LESION_COL,
     SLICE_PREDICTION_COLS,
