@@ -388,3 +388,65 @@ def test_stage_is_skipped_when_finished_and_reruns_on_overwrite(stage, tmp_path)
     assert report["slices"]["kept"] <= stage.report["slices"]["kept"]
     pseudo = pd.read_csv(out / PSEUDO_TABLE)
     assert len(pseudo) == report["slices"]["kept"]
+
+
+# ---- the command (needs iad.external.cache and conf/external: skipped without them) ------------------
+def _external_ready() -> bool:
+    from iad.utils.config import CONFIG_DIR
+
+    try:
+        import iad.external.cache  # noqa: F401
+    except ImportError:
+        return False
+    return (Path(CONFIG_DIR) / "external" / "synthetic.yaml").exists()
+
+
+needs_external = pytest.mark.skipif(not _external_ready(), reason="iad.external.cache / conf/external not here yet")
+
+
+@needs_external
+def test_config_resolves_with_the_reference_members():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from iad.utils.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pseudo", overrides=["external=synthetic", "paths.root_dir=/r"])
+    plain = {key: cfg[key] for key in ("detector", "present_threshold", "location_threshold", "iou_threshold",
+                                       "detector_confidence")}
+    plain.update(members=OmegaConf.to_container(cfg.members, resolve=True),
+                 external=OmegaConf.to_container(cfg.external, resolve=True))
+    assert plain["members"]["exp2_vit"] == {"path": "/r/logs/train/sweeps/exp2_vit_large_384", "weight": 0.5}
+    assert plain["detector"] == "/r/logs/train/sweeps/exp0_yolo11x_aneurysm"
+    assert (plain["present_threshold"], plain["location_threshold"], plain["iou_threshold"],
+            plain["detector_confidence"]) == (0.5, 0.5, 0.1, 0.2)
+    assert plain["external"]["_target_"].endswith("ExternalSource")
+
+
+@needs_external
+def test_command_labels_the_synthetic_external_source_and_skips_when_finished(models, tmp_path):
+    import subprocess
+    import sys
+
+    from iad.labelling.pseudo import REPORT_FILE, SLICE_PREDICTIONS_FILE
+    from iad.utils.env import PROJECT_ROOT
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "iad.labelling.pseudo", "external=synthetic", "external.synthetic.n_volumes=6",
+            f"members.exp2_vit.path={models.vit}", f"members.exp3.path={models.exp3}", f"detector={models.exp0}",
+            f"paths.data_dir={tmp_path / 'data'}", f"paths.cache_dir={models.cache_root}",
+            f"paths.log_dir={tmp_path / 'logs'}", f"hydra.run.dir={out}", "present_threshold=0", "location_threshold=0"]
+    done = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "top location on kept_slices" in done.stdout
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert sum(n for counts in report["volumes"].values() for n in counts.values()) == 6
+    assert report["truth"]["kept_slices"]["n"] == report["slices"]["kept"]
+    pseudo = pd.read_csv(out / PSEUDO_TABLE)
+    slices = pd.read_csv(out / SLICE_PREDICTIONS_FILE)
+    assert set(pseudo[UID_COL]) <= set(slices[UID_COL]) and len(pseudo) == report["slices"]["kept"] + \
+        report["slices"]["control_rows"]
+    before = (out / REPORT_FILE).stat().st_mtime_ns
+    again = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and (out / REPORT_FILE).stat().st_mtime_ns == before
