@@ -450,3 +450,12 @@ def test_command_labels_the_synthetic_external_source_and_skips_when_finished(mo
     before = (out / REPORT_FILE).stat().st_mtime_ns
     again = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and (out / REPORT_FILE).stat().st_mtime_ns == before
+
+
+def test_members_need_a_path_and_null_members_are_left_out():
+    from iad.labelling.pseudo import load_members
+
+    with pytest.raises(ValueError, match="at least one member"):
+        load_members({"exp3": None})
+    with pytest.raises(ValueError, match="member 'vit': no path"):
+        load_members({"vit": {"weight": 1.0}, "exp3": None})

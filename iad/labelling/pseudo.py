@@ -53,15 +53,16 @@ SCORED_STATUSES = (POSITIVE, CONTROL, UNKNOWN)  # every usable volume is scored;
 
 def load_members(members: Mapping[str, Mapping], device: str = "cpu"):
     """Predictor members from {name: {path: sweep / run / checkpoint, weight (1), hflip_tta (false),
-    center_crop (null: the models' validation crop)}}: each member's fold models, averaged."""
+    center_crop (null: the models' validation crop)} or null (left out)}: each member's fold models, averaged."""
     from iad.inference.loading import checkpoints_in, load_model
     from iad.inference.predictor import LoadedMember
 
+    members = {name: settings for name, settings in (members or {}).items() if settings is not None}  # null: left out
     if not members:
         raise ValueError("pseudo labels need at least one member {name: {path, weight}}")
     loaded = []
     for name, settings in members.items():
-        if not settings or settings.get("path") is None:
+        if settings.get("path") is None:
             raise ValueError(f"member {name!r}: no path (a sweep, run or checkpoint)")
         models = [load_model(path, device) for path in checkpoints_in(settings["path"])]
         loaded.append(LoadedMember(str(name), float(settings.get("weight", 1.0)), models,
