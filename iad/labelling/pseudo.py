@@ -166,17 +166,12 @@ def run_pseudo_labels(source, members: Mapping[str, Mapping], detector: str | Pa
     out_dir = Path(out_dir)
     if (out_dir / REPORT_FILE).exists() and not overwrite:
         return json.loads((out_dir / REPORT_FILE).read_text())
-    from iad.contract import detectors_in
-    from iad.detection.detector import load_detector
     from iad.external.cache import prepare_external
+    from iad.inference.localize import load_localizer
     from iad.inference.predictor import Predictor
 
     predictor = Predictor(load_members(members, device), batch_size=batch_size, device=device)
-    detectors = [load_detector(path, device) for path in detectors_in(detector)]
-    for found in detectors:
-        if found.spec.image != "slices":
-            raise ValueError(f"{found.source}: a {found.spec.task} detector on {found.spec.image!r} images; "
-                             "pseudo labels need the aneurysm detector (exp0, slices)")
+    detectors = load_localizer(detector, device=device).detectors  # every fold; one cache, slice images: checked
 
     def tables_for(config):
         return prepare_external(source, cache_root, config, workers=workers)
