@@ -190,7 +190,8 @@ def true_locations(truth: pd.DataFrame, lesion_boxes: pd.DataFrame) -> dict[tupl
 
 
 def _accuracy(predicted: list[str], expected: list[set[str]]) -> dict:
-    """Top-location accuracy, its chance level (a uniform guess) and the majority guess' accuracy."""
+    """Top-location accuracy, its chance level (a uniform guess over the 13 locations) and the accuracy of
+    always guessing the commonest true location of these rows (`majority`: a baseline that knows their truth)."""
     if not predicted:
         return {"n": 0, "accuracy": None, "chance": None, "majority": None}
     counts = Counter(location for locations in expected for location in locations)
