@@ -160,6 +160,8 @@ def test_report_counts_and_top_location_accuracy_against_truth(tables):
     assert report["volumes"]["ds"] == {POSITIVE: 1, CONTROL: 1, UNKNOWN: 1, "excluded": 1}
     assert report["slices"]["kept"] == 3 and report["slices"]["control_rows"] == 3
     assert report["box_source"] == {DETECTOR: 2, MASK: 1}
+    # slice 1: (11,11,21,21) vs (10,10,20,20): 81/119; slice 4: (12,12,19,19) inside (10,10,20,20): 49/100
+    assert report["detector_box_iou"] == pytest.approx((81 / 119 + 49 / 100) / 2)
     assert report["control_slices_passing"] == 1.0
     # kept slices: 1 (lesion 1 = A, top A: right), 4 (lesions 1, 2 = A, B; top B: right), 5 (lesion 2 = B, top B: right)
     kept = report["truth"]["kept_slices"]

@@ -185,7 +185,8 @@ def summary(report: Mapping) -> str:
     slices, lines = report["slices"], []
     lines.append(f"volumes: {json.dumps(report['volumes'])}")
     lines.append(f"slices scored {slices['scored']}, on a lesion {slices['on_lesion']}, kept {slices['kept']} "
-                 f"(boxes: {json.dumps(report['box_source'])}), control rows {slices['control_rows']}")
+                 f"(boxes: {json.dumps(report['box_source'])}, detector boxes' IoU with the mask box "
+                 f"{report.get('detector_box_iou')}), control rows {slices['control_rows']}")
     for name, scores in report.get("truth", {}).items():
         if scores["n"]:
             lines.append(f"top location on {name}: {scores['accuracy']:.3f} of {scores['n']} "

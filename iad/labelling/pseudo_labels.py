@@ -159,12 +159,25 @@ def pseudo_report(series: pd.DataFrame, slices: pd.DataFrame, pseudo: pd.DataFra
         "box_source": dict(Counter(labelled[BOX_SOURCE_COL].astype(str))),
         "control_slices_passing": _share(passes(controls, rule)) if len(controls) else None,
     }
+    if lesion_boxes is not None:
+        report["detector_box_iou"] = detector_box_iou(labelled, lesion_boxes)
     if truth is not None and lesion_boxes is not None:
         on = slices[slices[ON_LESION_COL].astype(bool)]
         report["truth"] = {"kept_slices": slice_accuracy(labelled, truth, lesion_boxes),
                            "on_lesion_slices": slice_accuracy(on, truth, lesion_boxes),
                            "series": series_accuracy(labelled, truth)}
     return report
+
+
+def detector_box_iou(labelled: pd.DataFrame, lesion_boxes: pd.DataFrame) -> float | None:
+    """Mean IoU of the detector boxes the rule chose with the best-overlapping mask box of their slice (None: none)."""
+    chosen = labelled[labelled[BOX_SOURCE_COL] == DETECTOR]
+    if chosen.empty:
+        return None
+    masks = dict(iter(lesion_boxes.groupby([UID_COL, SLICE_COL])))
+    ious = [box_iou(np.asarray(box, float), masks[(uid, int(z))][list(XYXY_COLS)].to_numpy(float)).max()
+            for uid, z, box in zip(chosen[UID_COL], chosen[SLICE_COL], chosen[list(XYXY_COLS)].to_numpy(float))]
+    return float(np.mean(ious))
 
 
 def _volume_counts(series: pd.DataFrame) -> dict:
