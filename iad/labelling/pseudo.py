@@ -182,11 +182,11 @@ def run_pseudo_labels(source, members: Mapping[str, Mapping], detector: str | Pa
 
 def summary(report: Mapping) -> str:
     """A few lines a user reads after the stage."""
-    slices, lines = report["slices"], []
+    slices, lines, iou = report["slices"], [], report.get("detector_box_iou")
     lines.append(f"volumes: {json.dumps(report['volumes'])}")
     lines.append(f"slices scored {slices['scored']}, on a lesion {slices['on_lesion']}, kept {slices['kept']} "
                  f"(boxes: {json.dumps(report['box_source'])}, detector boxes' IoU with the mask box "
-                 f"{report.get('detector_box_iou')}), control rows {slices['control_rows']}")
+                 f"{'-' if iou is None else f'{iou:.3f}'}), control rows {slices['control_rows']}")
     for name, scores in report.get("truth", {}).items():
         if scores["n"]:
             lines.append(f"top location on {name}: {scores['accuracy']:.3f} of {scores['n']} "
