@@ -26,6 +26,7 @@ TORCH_FREE = [
     "iad.detection.findings", "iad.preflight", "iad.external", "iad.external.bids", "iad.external.orientation",
     "iad.external.source", "iad.external.cache", "iad.external.truth", "iad.synthetic.bids",
     "ensemble",  # the entry point, before Hydra runs it
+    "iad.labelling.pseudo_labels", "iad.labelling.pseudo",  # the pseudo-label rule; the stage imports torch when run
 ]
 TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
 INFERENCE = ["iad.inference", "iad.inference.kaggle", "iad.inference.loading", "iad.inference.predictor",

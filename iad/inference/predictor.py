@@ -216,7 +216,7 @@ class Predictor:
             start = time.perf_counter()
             layout = stored.layout
             finding = self.localizer.locate(name, volume, layout.frames, (layout.rows, layout.cols), probabilities,
-                                            scores.values)
+                                            scores.values[:, PRESENT_INDEX])
             timings.detect += time.perf_counter() - start
             return finding
         except Exception as err:  # noqa: BLE001 - the probabilities stand without a box
@@ -236,16 +236,25 @@ class Predictor:
     def predict_volume_with_timings(self, volume: np.ndarray, mean_image: np.ndarray, preprocess_key: str,
                                     mean_images: Mapping[str, np.ndarray] | None = None) -> Prediction:
         """`predict_volume` with the model and aggregate timings."""
-        def volume_for(config: PreprocessConfig) -> tuple[np.ndarray | None, np.ndarray]:
-            if config.key == preprocess_key:
-                return volume, mean_image
-            if config.key in (mean_images or {}):  # a brain detector's input: its mean image only
-                return None, mean_images[config.key]
-            raise ValueError(f"volume preprocessed with {preprocess_key}, a model or its brain detector expects "
-                             f"{config.key}")
-
+        volumes = {**{key: (None, mean) for key, mean in (mean_images or {}).items()}, preprocess_key: (volume, mean_image)}
         timings, crops = Timings(), {}
-        return Prediction(self._blend(volume_for, timings, None, crops), timings, crops=crops)
+        return Prediction(self._blend(_cached_lookup(volumes), timings, None, crops), timings, crops=crops)
+
+    def predict_volume_slices(self, volumes: Mapping[str, tuple[np.ndarray | None, np.ndarray]]) -> np.ndarray:
+        """Blended per-slice probabilities (Z×14, LABEL_COLS order) of one cached series.
+
+        `volumes` maps a preprocessing key to that cache's (volume, mean image) of the series (volume None
+        where only a brain detector looks at that cache). Each model gets the input `predict_volume` gives
+        it (crop rule, slice input, TTA); folds are averaged and members weighted as for the series
+        probabilities; a slice no member scored (slice_stride) is NaN.
+        """
+        lookup = _cached_lookup(volumes)
+        n_slices = {len(volume) for volume, _ in volumes.values() if volume is not None}
+        if len(n_slices) != 1:
+            raise ValueError(f"the cached volumes of one series must share their slice count, got {sorted(n_slices)}")
+        scores = SliceScores(n_slices.pop())
+        self._blend(lookup, Timings(), None, {}, scores)
+        return scores.values
 
     def brain_detector_configs(self) -> dict[str, PreprocessConfig]:
         """The caches (by preprocessing key) the members' brain detectors look at."""
@@ -296,7 +305,7 @@ class Predictor:
                 series_probs, slice_probs = self._model_series(model, member, stack, timings, deadline)
                 fold_probs.append(series_probs)
                 if scores is not None:
-                    scores.add(member.cost.slice_stride, slice_probs[:, PRESENT_INDEX], member.weight / len(member.models))
+                    scores.add(member.cost.slice_stride, slice_probs, member.weight / len(member.models))
             blended += member.weight * np.mean(fold_probs, axis=0)
         return dict(zip(LABEL_COLS, np.clip(blended, 0.0, 1.0).tolist()))
 
@@ -339,22 +348,32 @@ def crop_key(spec) -> tuple:
 
 
 class SliceScores:
-    """Per-slice 'Aneurysm Present' probability blended as the series prediction is (member weights, folds
-    averaged); a slice a member skips (its slice_stride) is scored by the members that saw it, NaN by none."""
+    """Per-slice probabilities (Z×14) blended as the series prediction is (member weights, folds averaged);
+    a slice a member skips (its slice_stride) is scored by the members that saw it, NaN by none."""
 
     def __init__(self, n_slices: int):
-        self.total = np.zeros(n_slices)
-        self.weight = np.zeros(n_slices)
+        self.total = np.zeros((n_slices, len(LABEL_COLS)))
+        self.weight = np.zeros((n_slices, 1))
 
-    def add(self, stride: int, present: np.ndarray, weight: float) -> None:
-        """One model's probabilities of slices 0, stride, 2·stride, ..."""
-        self.total[::stride] += weight * present
+    def add(self, stride: int, probabilities: np.ndarray, weight: float) -> None:
+        """One model's probabilities (Z'×14) of slices 0, stride, 2·stride, ..."""
+        self.total[::stride] += weight * probabilities
         self.weight[::stride] += weight
 
     @property
     def values(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.weight > 0, self.total / self.weight, np.nan)
+
+
+def _cached_lookup(volumes: Mapping[str, tuple[np.ndarray | None, np.ndarray]]):
+    """`volume_for` of `_blend` over already normalised volumes (by preprocessing key)."""
+    def volume_for(config: PreprocessConfig) -> tuple[np.ndarray | None, np.ndarray]:
+        if config.key in volumes:
+            return volumes[config.key]
+        raise ValueError(f"no cached volume for preprocessing {config.key} (a model or its brain detector expects it); "
+                         f"given: {sorted(volumes)}")
+    return volume_for
 
 
 def _check_deadline(deadline: float | None) -> None:

@@ -1,0 +1,1 @@
+"""Label stages: cleaning the RSNA labels and pseudo-labelling external TOF-MRA data."""
