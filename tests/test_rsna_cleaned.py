@@ -60,8 +60,10 @@ def test_hidden_positives_are_written_as_negatives_and_kept_aside(noisy):
     assert not read_aneurysm_boxes(noisy["noisy"] / "boxes")[UID_COL].isin(hidden.index).any()
     assert set(read_folds(noisy["noisy"] / FOLDS_CSV)[UID_COL]) == set(written.index)
     # the images are the same series (the aneurysm is still there to be found)
-    series = sorted((noisy["noisy"] / "series" / hidden.index[0]).iterdir())
-    assert [p.read_bytes() for p in series] == [p.read_bytes() for p in sorted((noisy["clean"] / "series" / hidden.index[0]).iterdir())]
+    def files(root: Path) -> list[bytes]:
+        return [p.read_bytes() for p in sorted((root / "series" / hidden.index[0]).iterdir())]
+
+    assert files(noisy["noisy"]) == files(noisy["clean"])
 
 
 def test_hidden_share_is_recorded_only_when_set():
