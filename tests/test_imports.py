@@ -24,6 +24,7 @@ TORCH_FREE = [
     "iad.data.slices", "iad.data.crops", "iad.data.masks", "iad.utils.io", "iad.utils.env", "iad.utils.config",
     "iad.detection.images", "iad.detection.labels", "iad.detection.data", "iad.detection.crops",
     "iad.detection.findings", "iad.preflight", "iad.external", "iad.external.bids", "iad.external.orientation",
+    "iad.labelling", "iad.labelling.cleaning", "iad.labelling.clean",
     "ensemble",  # the entry point, before Hydra runs it
 ]
 TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")

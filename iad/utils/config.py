@@ -16,7 +16,8 @@ from iad.utils.env import CONFIG_DIR, PROJECT_ROOT  # noqa: F401 - CONFIG_DIR: t
 # An entry matches the key itself and everything under it ("paths" covers paths.data_dir).
 NOT_IDENTITY = ("experiment", "name", "data.fold", "overwrite", "logger", "tags", "task_name", "paths",
                 "hydra", "hydra/launcher", "callbacks.rich_progress_bar", "data.num_workers", "data.prepare_workers",
-                "data.pin_memory", "data.eval_batch_size", "trainer.enable_progress_bar", "preflight_only")
+                "data.pin_memory", "data.eval_batch_size", "trainer.enable_progress_bar", "preflight_only",
+                "cleaning")  # the cleaning stage's preset is its name, as an experiment is a run's
 MAX_TAG_CHARS = 80
 # <name>@<key>:<value>+<key>:<value>: characters a Hydra override takes unquoted (model_path=<that folder>)
 TAG_SEP, ITEM_SEP, KEY_VALUE_SEP = "@", "+", ":"
