@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 
 import numpy as np
 import pandas as pd
@@ -175,10 +176,10 @@ def tiny_sweep(tmp_path_factory) -> dict:
     from tests.training_helpers import configuration_dir, run_train, tiny_overrides
 
     base = tmp_path_factory.mktemp("clean")
-    args = ["-m", "experiment=demo_exp2_vit", "dataset=synthetic_noisy", "dataset.synthetic.hidden_positive_share=0.3",
-            "dataset.synthetic.positive_share=0.7", "dataset.synthetic.size_range=[64,64]",
-            "dataset.synthetic.max_slices=24", *tiny_overrides(base / "data", base / "logs", n_series=15),
-            "data.fold=0,1,2,3,4", "name=demo_exp2_vit"]
+    dataset_args = ["dataset=synthetic_noisy", "dataset.synthetic.hidden_positive_share=0.3",
+                    "dataset.synthetic.positive_share=0.7", "dataset.synthetic.size_range=[64,64]",
+                    "dataset.synthetic.max_slices=24", *tiny_overrides(base / "data", base / "logs", n_series=15)]
+    args = ["-m", "experiment=demo_exp2_vit", *dataset_args, "data.fold=0,1,2,3,4", "name=demo_exp2_vit"]
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = configuration_dir(base / "logs", "sweeps", args)
@@ -186,7 +187,31 @@ def tiny_sweep(tmp_path_factory) -> dict:
     dataset = DatasetSource(root=str(root), series_dir=str(root / "series"), train_csv=str(root / "train.csv"),
                             localizers_csv=str(root / "train_localizers.csv"), folds_csv=str(root / "train_kfold.csv"),
                             boxes=str(root / "boxes"), name="synthetic_noisy")
-    return {"sweep": sweep, "dataset": dataset, "base": base}
+    return {"sweep": sweep, "dataset": dataset, "base": base, "dataset_args": dataset_args}
+
+
+def true_detections(dataset: DatasetSource, uids) -> pd.DataFrame:
+    """An exp0 stand-in that finds exactly the generator's aneurysm boxes of series `uids` (confidence 0.9)."""
+    from iad.synthetic import read_settings
+    from iad.synthetic.annotations import aneurysm_boxes
+    from iad.synthetic.plan import plan_series
+
+    settings = read_settings(dataset.root)
+    options = {key: settings[key] for key in ("locations", "positive_share", "max_slices")}
+    rows = []
+    for index in range(settings["n_series"]):
+        plan = plan_series(settings["seed"], index, tuple(settings["size_range"]), **options)
+        if plan.series_uid not in set(uids):
+            continue
+        for stem, boxes in aneurysm_boxes(plan).items():
+            sop, _, frame = stem.partition("_")
+            for box in boxes:
+                rows.append({UID_COL: plan.series_uid, SOP_COL: sop, "frame": int(frame) if frame else pd.NA,
+                             "slice_index": 0, "cls": box.cls, "confidence": 0.9, "x0": 0, "y0": 0, "x1": 1, "y1": 1,
+                             "orig_x0": box.xmin, "orig_y0": box.ymin, "orig_x1": box.xmax, "orig_y1": box.ymax})
+    frame = pd.DataFrame(rows, columns=list(DETECTIONS_FILE_COLS))
+    frame["frame"] = frame["frame"].astype("Int64")
+    return frame
 
 
 def test_stage_end_to_end_on_a_real_sweep(tiny_sweep):
@@ -212,6 +237,46 @@ def test_stage_end_to_end_on_a_real_sweep(tiny_sweep):
     # finished: skipped (the report is read back), unless overwrite
     assert run_cleaning(dataset, members, None, out, Thresholds(0.9, 0.9)) == report
     assert run_cleaning(dataset, members, None, out, Thresholds(0.9, 0.9), overwrite=True)["detections"] is None
+
+
+def test_cleaning_command_then_exp4_trains_on_its_labels_with_validation_unchanged(tiny_sweep):
+    """`python -m iad.labelling.clean cleaning=demo` writes logs/clean/demo@<overrides>/; demo_exp4_vit trains
+    on its train_labels.csv and boxes.csv, and its OOF holds fold for fold the series and labels of exp2's."""
+    import subprocess
+    import sys
+
+    from iad.utils.env import PROJECT_ROOT
+    from tests.training_helpers import configuration_dir, run_train
+
+    dataset, sweep, base = tiny_sweep["dataset"], tiny_sweep["sweep"], tiny_sweep["base"]
+    hidden = pd.read_csv(Path(dataset.root) / "hidden_positives.csv")
+    true_detections(dataset, hidden[UID_COL]).to_csv(base / "true_detections.csv", index=False)
+    dataset_args = [a for a in tiny_sweep["dataset_args"] if a.startswith(("dataset", "paths"))]
+    args = ["cleaning=demo", *dataset_args, f"members.exp2_vit.path={sweep}", f"members.exp3.path={sweep}",
+            f"detections={base / 'true_detections.csv'}", "present_threshold=0", "location_threshold=0"]
+    result = subprocess.run([sys.executable, "-m", "iad.labelling.clean", *args], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = configuration_dir(base / "logs", "", [*args, "name=demo"], task="clean").parent
+    out = next(p for p in out.iterdir() if p.name.startswith("demo@"))
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert str(out) in result.stdout and "hidden positives" in result.stdout
+    assert report["flipped_with_boxes"] == len(hidden) == report["hidden"]["true_flips"]
+
+    exp4 = ["-m", "experiment=demo_exp4_vit", "data.external=null", *tiny_sweep["dataset_args"], "data.fold=0,1",
+            f"data.train_labels={out / TRAIN_LABELS_FILE}", f"data.extra_boxes={out / BOXES_FILE}"]
+    result = run_train(exp4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp4_sweep = configuration_dir(base / "logs", "sweeps", [*exp4, "name=demo_exp4_vit"])
+    for fold in (0, 1):
+        mine = pd.read_csv(exp4_sweep / f"fold_{fold}" / OOF_FILE)
+        theirs = pd.read_csv(sweep / f"fold_{fold}" / OOF_FILE)
+        assert mine[UID_COL].tolist() == theirs[UID_COL].tolist()
+        pd.testing.assert_frame_equal(mine[list(TRUE_COLS)], theirs[list(TRUE_COLS)])
+        log = (exp4_sweep / f"fold_{fold}" / "train.log").read_text()
+        relabelled, left_out = map(int, re.search(r"(\d+) series relabelled, (\d+) not in it", log).groups())
+        assert (relabelled, left_out) == (len(hidden), report["left_out_without_box"])
+        assert "give no slice" not in log  # every relabelled training series has its boxes placed
 
 
 def test_detection_boxes_are_the_box_table_the_data_module_reads(tmp_path):
