@@ -80,3 +80,13 @@ def test_exp4_exp5_are_their_base_plus_cleaned_labels_and_external_data(experime
     assert (external["input"], external["masks"], external["head_crop"]) == (mine["input"], mine["masks"], mine["head_crop"])
     assert external["preprocess"] == OmegaConf.to_container(cfg.preprocess, resolve=True)
     assert external["source"]["name"] == ("synthetic" if stage == "demo" else "tofmra")
+
+
+def test_new_null_data_keys_leave_the_identity_of_earlier_runs_unchanged():
+    from iad.utils.config import ABSENT_WHEN_NULL, identity_settings
+
+    plain = identity_settings(compose_train(["experiment=demo"]))
+    assert not set(ABSENT_WHEN_NULL) & set(plain)
+    cleaned = identity_settings(compose_train(["experiment=demo", "data.train_labels=/x/train_labels.csv"]))
+    assert cleaned["data.train_labels"] == "/x/train_labels.csv"
+    assert {k: v for k, v in cleaned.items() if k != "data.train_labels"} == plain
