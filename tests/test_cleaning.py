@@ -245,6 +245,7 @@ def test_cleaning_command_then_exp4_trains_on_its_labels_with_validation_unchang
     import subprocess
     import sys
 
+    from iad.utils.config import run_name
     from iad.utils.env import PROJECT_ROOT
     from tests.training_helpers import configuration_dir, run_train
 
@@ -257,8 +258,7 @@ def test_cleaning_command_then_exp4_trains_on_its_labels_with_validation_unchang
     result = subprocess.run([sys.executable, "-m", "iad.labelling.clean", *args], cwd=PROJECT_ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = configuration_dir(base / "logs", "", [*args, "name=demo"], task="clean").parent
-    out = next(p for p in out.iterdir() if p.name.startswith("demo@"))
+    out = base / "logs" / "clean" / run_name("demo", args)  # the preset names the folder, overrides tag it
     report = json.loads((out / REPORT_FILE).read_text())
     assert str(out) in result.stdout and "hidden positives" in result.stdout
     assert report["flipped_with_boxes"] == len(hidden) == report["hidden"]["true_flips"]
