@@ -15,8 +15,9 @@ from iad.contract import DETECTIONS_FILE, OOF_FILE
 from iad.datasets import DatasetSource
 from iad.detection.training import DETECTIONS_FILE_COLS
 from iad.evaluation.oof import TRUE_COLS
-from iad.labelling.clean import BOXES_FILE, FLIPPED_FILE, REPORT_FILE, TRAIN_LABELS_FILE, run_cleaning
+from iad.labelling.clean import BOXES_FILE, FLIPPED_FILE, GRID_FILE, REPORT_FILE, TRAIN_LABELS_FILE, run_cleaning
 from iad.labelling.cleaning import (
+    GRID,
     LOCATIONS_SEP,
     Thresholds,
     blend,
@@ -24,6 +25,7 @@ from iad.labelling.cleaning import (
     cleaning_report,
     detection_boxes,
     read_member,
+    threshold_grid,
 )
 from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITY_COL, PRESENT_COL, SOP_COL, UID_COL, read_series_labels
 
@@ -167,6 +169,9 @@ def test_precision_and_recall_on_hidden_positives_are_far_above_chance():
     assert scores["chance_precision"] == n_hidden / n
     assert scores["precision"] > 5 * scores["chance_precision"] and scores["recall"] > 0.3
     assert scores["location_hit_rate"] == 1.0
+    grid = threshold_grid(labels, preds, hidden, values=(0.5, 0.9)).set_index(["present_threshold", "location_threshold"])
+    assert grid.loc[(0.9, 0.9), "precision"] == scores["precision"] and grid.loc[(0.9, 0.9), "recall"] == scores["recall"]
+    assert grid.loc[(0.5, 0.5), "recall"] >= grid.loc[(0.9, 0.9), "recall"]  # lower thresholds flip more
 
 
 # ---- the stage, end to end ------------------------------------------------------------------------
@@ -234,6 +239,8 @@ def test_stage_end_to_end_on_a_real_sweep(tiny_sweep):
     assert read_aneurysm_box_table(out / BOXES_FILE)[UID_COL].isin(hidden[UID_COL]).all()
     assert len(pd.read_csv(out / FLIPPED_FILE)) == len(negatives)
     assert json.loads((out / REPORT_FILE).read_text()) == report
+    grid = pd.read_csv(out / GRID_FILE)
+    assert len(grid) == len(GRID) ** 2 and (grid["chance_precision"] == report["hidden"]["chance_precision"]).all()
     # finished: skipped (the report is read back), unless overwrite
     assert run_cleaning(dataset, members, None, out, Thresholds(0.9, 0.9)) == report
     assert run_cleaning(dataset, members, None, out, Thresholds(0.9, 0.9), overwrite=True)["detections"] is None

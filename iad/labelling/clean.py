@@ -4,7 +4,8 @@ Reads the members' out-of-fold predictions (blended by weight) and exp0's out-of
 applies `iad.labelling.cleaning.clean_labels` to the dataset's train.csv and writes to the run folder
 (`logs/clean/<name>[@overrides]`): `train_labels.csv` (data.train_labels), `boxes.csv`
 (data.extra_boxes), `flipped.csv` and `report.json` (counts per modality; on a synthetic dataset with
-hidden positives, precision and recall against them and the chance precision). report.json present
+hidden positives, precision and recall against them and the chance precision, and
+`threshold_grid.csv`: the same over a grid of thresholds). report.json present
 means finished: the stage is skipped unless `overwrite=true`.
 """
 
@@ -27,6 +28,7 @@ from iad.labelling.cleaning import (
     format_report,
     read_detection_table,
     read_member,
+    threshold_grid,
 )
 from iad.labels import LABEL_COLS, UID_COL, read_series_labels
 from iad.utils.io import write_csv_atomic, write_json_atomic
@@ -37,6 +39,7 @@ TRAIN_LABELS_FILE = "train_labels.csv"
 BOXES_FILE = "boxes.csv"
 FLIPPED_FILE = "flipped.csv"
 REPORT_FILE = "report.json"
+GRID_FILE = "threshold_grid.csv"  # with hidden positives: precision / recall over a grid of thresholds
 HIDDEN_FILE = "hidden_positives.csv"  # iad.synthetic.HIDDEN_POSITIVES_CSV (not imported: the generator is heavy)
 
 
@@ -72,6 +75,8 @@ def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detecti
     write_csv_atomic(cleaned.train_labels, out_dir / TRAIN_LABELS_FILE)
     write_csv_atomic(cleaned.boxes, out_dir / BOXES_FILE)
     write_csv_atomic(cleaned.flipped, out_dir / FLIPPED_FILE)
+    if hidden is not None:
+        write_csv_atomic(threshold_grid(labels, predictions, hidden).round(6), out_dir / GRID_FILE)
     write_json_atomic(report, out_dir / REPORT_FILE)  # last: its presence means finished
     return report
 

@@ -25,6 +25,7 @@ from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITY_COL, PRESENT_COL, SOP
 
 LOCATIONS_SEP = ";"  # flipped.csv: the locations a series was flipped to, joined
 FLIPPED_COLS = (UID_COL, MODALITY_COL, "present", "max_location", "locations", "n_boxes", "kept")
+GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # thresholds tried against hidden positives (threshold_grid.csv)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,19 @@ def hidden_scores(labels: pd.DataFrame, flipped: pd.DataFrame, hidden: pd.DataFr
         "chance_precision": len(hidden_uids) / len(negatives) if negatives else None,
         "location_hit_rate": location_hits / len(found) if found else None,
     }
+
+
+def threshold_grid(labels: pd.DataFrame, predictions: pd.DataFrame, hidden: pd.DataFrame,
+                   values=GRID) -> pd.DataFrame:
+    """The flips' precision and recall against the hidden positives for every (present, location) pair of
+    thresholds in `values` (synthetic data): how the rule's thresholds trade them off for these models."""
+    rows = []
+    for present in values:
+        for location in values:
+            flipped = clean_labels(labels, predictions, None, Thresholds(present, location)).flipped
+            rows.append({"present_threshold": present, "location_threshold": location,
+                         **hidden_scores(labels, flipped, hidden)})
+    return pd.DataFrame(rows)
 
 
 def format_report(report: dict) -> str:
