@@ -27,6 +27,8 @@ BRAIN_CLASSES: tuple[str, ...] = ("brain", "abnormal")  # brain: axial mean imag
 BOX_COLS: tuple[str, ...] = ("xmin", "ymin", "xmax", "ymax")  # LabelImg's names, as in the annotation files
 XYXY_COLS: tuple[str, ...] = ("x0", "y0", "x1", "y1")  # the project's box columns: crop tables, detections, findings
 BRAIN_SPLITS: tuple[str, ...] = ("train", "val")
+# One aneurysm box per row (`read_aneurysm_boxes`, and box CSVs such as the label-cleaning stage's boxes.csv).
+ANEURYSM_BOX_COLS: tuple[str, ...] = (UID_COL, SOP_COL, "frame", "cls", *BOX_COLS, "width", "height")
 
 _ANEURYSM_NAME = re.compile(r"annotations/(?P<uid>[0-9.]+)/(?P<sop>[0-9.]+?)(?:_(?P<frame>\d+))?\.xml")
 _BRAIN_NAME = re.compile(r"brain_det/annotations/(?P<uid>[0-9.]+)\.xml")
@@ -103,9 +105,29 @@ def read_aneurysm_boxes(archive_or_dir: str | os.PathLike) -> pd.DataFrame:
         frame = None if match["frame"] is None else int(match["frame"])
         for box in parse_labelimg_xml(content, source=name):
             rows.append({UID_COL: match["uid"], SOP_COL: match["sop"], "frame": frame, **asdict(box)})
-    columns = [UID_COL, SOP_COL, "frame", "cls", *BOX_COLS, "width", "height"]
-    df = pd.DataFrame(rows, columns=columns)
+    df = pd.DataFrame(rows, columns=list(ANEURYSM_BOX_COLS))
     df["frame"] = df["frame"].astype("Int64")
+    return df
+
+
+def read_aneurysm_box_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Aneurysm boxes from a CSV with `ANEURYSM_BOX_COLS` (original pixels), typed as `read_aneurysm_boxes`.
+
+    `width` / `height` may be empty (unknown image size); a missing column or a box whose corners are
+    not ordered is a ValueError naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"aneurysm box table {path} does not exist")
+    df = pd.read_csv(path, dtype={UID_COL: str, SOP_COL: str, "cls": str})
+    missing = [col for col in ANEURYSM_BOX_COLS if col not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    df = df[list(ANEURYSM_BOX_COLS)].copy()
+    df["frame"] = df["frame"].astype("Int64")
+    bad = df.loc[~((df["xmin"] < df["xmax"]) & (df["ymin"] < df["ymax"])), UID_COL]
+    if len(bad):
+        raise ValueError(f"{path}: {len(bad)} boxes without xmin < xmax and ymin < ymax, e.g. series {bad.iloc[0]}")
     return df
 
 

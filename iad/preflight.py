@@ -171,6 +171,17 @@ def check_crop_table(ctx: Context) -> list[Problem]:
     return []
 
 
+@check("cleaned_labels", "train")
+def check_cleaned_labels(ctx: Context) -> list[Problem]:
+    """The label-cleaning stage's outputs an exp4/exp5 run trains on (python -m iad.labelling.clean)."""
+    problems = []
+    for key, what in (("data.train_labels", "the training label table"), ("data.extra_boxes", "the extra box table")):
+        path = ctx.get(key)
+        if path and not Path(path).is_file():
+            problems.append(Problem(key, path, f"{what} does not exist (run python -m iad.labelling.clean first)"))
+    return problems
+
+
 @check("folders", "train", "predict", "ensemble", "prepare")
 def check_folders(ctx: Context) -> list[Problem]:
     """Every folder the entry writes must be writable or creatable."""

@@ -52,3 +52,41 @@ def test_train_fails_at_config_time(tmp_path):
     assert out.returncode != 0
     assert "model.backbone_kwargs.img_size=224 does not match data.input.img_size=384" in out.stderr
     assert not (tmp_path / "data").exists()  # nothing prepared
+
+
+@pytest.mark.parametrize(("experiment", "base", "stage"), [
+    ("exp4_vit_large_384", "exp2_vit_large_384", "reference"), ("exp4_eva_large_384", "exp2_eva_large_384", "reference"),
+    ("exp5_mit_b4_fpn_384", "exp3_mit_b4_fpn_384", "reference"), ("demo_exp4_vit", "demo_exp2_vit", "demo"),
+    ("demo_exp4_eva", "demo_exp2_eva", "demo"), ("demo_exp5", "demo_exp3", "demo")])
+def test_exp4_exp5_are_their_base_plus_cleaned_labels_and_external_data(experiment, base, stage):
+    from omegaconf import OmegaConf
+
+    cfg, ref = compose_train([f"experiment={experiment}"]), compose_train([f"experiment={base}"])
+    if stage == "demo":  # the demo members are cleaned on the noisy synthetic data
+        ref = compose_train([f"experiment={base}", "dataset=synthetic_noisy"])
+    added = {"train_labels", "extra_boxes", "external"}
+    mine, theirs = (OmegaConf.to_container(c.data, resolve=True) for c in (cfg, ref))
+    assert {k: v for k, v in mine.items() if k not in added} == {k: v for k, v in theirs.items() if k not in added}
+    assert all(theirs[key] is None for key in added)
+    for key in ("model", "trainer", "dataset", "preprocess", "augment"):
+        assert OmegaConf.to_container(cfg[key], resolve=True) == OmegaConf.to_container(ref[key], resolve=True), key
+    log_dir = cfg.paths.log_dir
+    assert mine["train_labels"] == f"{log_dir}/clean/{stage}/train_labels.csv"
+    assert mine["extra_boxes"] == f"{log_dir}/clean/{stage}/boxes.csv"
+    external = mine["external"]
+    assert external["_target_"].endswith("TOFMRADataModule")
+    assert external["pseudo_labels"] == f"{log_dir}/pseudo/{stage}/pseudo_labels.csv"
+    # its samples batch with the RSNA ones: the same slice input, masks, crop rule and cache
+    assert (external["input"], external["masks"], external["head_crop"]) == (mine["input"], mine["masks"], mine["head_crop"])
+    assert external["preprocess"] == OmegaConf.to_container(cfg.preprocess, resolve=True)
+    assert external["source"]["name"] == ("synthetic" if stage == "demo" else "tofmra")
+
+
+def test_new_null_data_keys_leave_the_identity_of_earlier_runs_unchanged():
+    from iad.utils.config import ABSENT_WHEN_NULL, identity_settings
+
+    plain = identity_settings(compose_train(["experiment=demo"]))
+    assert not set(ABSENT_WHEN_NULL) & set(plain)
+    cleaned = identity_settings(compose_train(["experiment=demo", "data.train_labels=/x/train_labels.csv"]))
+    assert cleaned["data.train_labels"] == "/x/train_labels.csv"
+    assert {k: v for k, v in cleaned.items() if k != "data.train_labels"} == plain

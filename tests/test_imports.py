@@ -25,6 +25,7 @@ TORCH_FREE = [
     "iad.detection.images", "iad.detection.labels", "iad.detection.data", "iad.detection.crops",
     "iad.detection.findings", "iad.preflight", "iad.external", "iad.external.bids", "iad.external.orientation",
     "iad.external.source", "iad.external.cache", "iad.external.truth", "iad.synthetic.bids",
+    "iad.labelling", "iad.labelling.cleaning", "iad.labelling.clean",
     "ensemble",  # the entry point, before Hydra runs it
     "iad.labelling.pseudo_labels", "iad.labelling.pseudo",  # the pseudo-label rule; the stage imports torch when run
 ]

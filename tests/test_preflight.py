@@ -65,6 +65,14 @@ def test_missing_crop_table(tmp_path):
         f"data.crop_table={tmp_path}/boxes.csv: the crop table (brain-detector boxes) does not exist")
 
 
+def test_missing_cleaned_labels_and_boxes(tmp_path):
+    (tmp_path / "boxes.csv").write_text("")
+    found = fatal(run_preflight(train_cfg(tmp_path, f"data.train_labels={tmp_path}/train_labels.csv",
+                                          f"data.extra_boxes={tmp_path}/boxes.csv"), "train"))
+    assert "data.train_labels" in found and "does not exist" in str(found["data.train_labels"])
+    assert "data.extra_boxes" not in found  # that one exists
+
+
 def test_crop_table_without_sidecar_is_noted(tmp_path):
     table = tmp_path / "boxes.csv"
     table.write_text("SeriesInstanceUID,x0,y0,x1,y1\n1.2.3,0.1,0.1,0.9,0.9\n")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
-from iad.boxes import BOX_COLS, map_boxes, read_aneurysm_boxes
+from iad.boxes import BOX_COLS, map_boxes, read_aneurysm_box_table, read_aneurysm_boxes
 from iad.contract import InputSpec
 from iad.data.crops import FULL_BOX, head_box, read_crop_table
 from iad.data.dataset import MaskSpec, SliceDataset
@@ -22,7 +22,7 @@ from iad.data.slices import SERIES_COL, SLICE_MM_COL, eval_items, holdout_split,
 from iad.datasets import DatasetSource
 from iad.detection.crops import read_sidecar, sidecar_path
 from iad.folds import FOLD_COL, series_with_folds
-from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers
+from iad.labels import LABEL_COLS, MODALITY_COL, UID_COL, map_localizers, read_localizers, read_series_labels
 from iad.preprocessing import PreprocessConfig, SeriesCache, prepare_dataset
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,15 @@ class RSNASliceDataModule(pl.LightningDataModule):
     val_center_crop: centred crop ratio applied after the series box at validation (0.75 in the
         reference's test-time setting).
     masks: segmentation targets for models that ask for them (None for classifiers).
+    train_labels: a table in train.csv format (e.g. the label-cleaning stage's train_labels.csv):
+        training series take their labels from it and a series absent from it is left out of
+        training; validation (and so the OOF file) keeps the dataset's labels, fold for fold the
+        same series, so scores compare with runs trained without it.
+    extra_boxes: a CSV of aneurysm boxes (`iad.boxes.ANEURYSM_BOX_COLS`, original pixels, e.g. the
+        cleaning stage's boxes.csv) drawn in addition to the dataset's (needs `use_boxes`).
+    external: a data module of external series (`iad.data.tofmra.TOFMRADataModule`) whose
+        `train_dataset(transform)` joins the training set (never validation); the negative
+        subsampler draws from both.
     """
 
     def __init__(self, dataset: DatasetSource, preprocess: PreprocessConfig, cache_dir: str,
@@ -57,7 +66,8 @@ class RSNASliceDataModule(pl.LightningDataModule):
                  head_crop: bool = True, crop_table: str | None = None, val_center_crop: float = 1.0,
                  train_transform=None, masks: MaskSpec | dict | None = None, use_boxes: bool = True,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False, prepare_workers: int = 0, series_limit: int | None = None):
+                 pin_memory: bool = False, prepare_workers: int = 0, series_limit: int | None = None,
+                 train_labels: str | None = None, extra_boxes: str | None = None, external=None):
         super().__init__()
         self.source = dataset
         self.preprocess = preprocess
@@ -87,6 +97,9 @@ class RSNASliceDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.prepare_workers = prepare_workers
         self.series_limit = series_limit
+        self.train_labels = train_labels
+        self.extra_boxes = extra_boxes
+        self.external = external
         self.series: pd.DataFrame | None = None
 
     # ---- preparation -------------------------------------------------------------------------
@@ -95,6 +108,8 @@ class RSNASliceDataModule(pl.LightningDataModule):
         if report.failed:
             log.warning("%d series could not be cached and are left out: %s", len(report.failed),
                         ", ".join(sorted(report.failed)[:5]))
+        if self.external is not None:
+            self.external.prepare_data()
 
     @property
     def cache(self) -> SeriesCache:
@@ -121,7 +136,11 @@ class RSNASliceDataModule(pl.LightningDataModule):
         self.boxes = self._drawn_boxes(series, geometry)
         self.series = series
         self.labels = series_labels(series)
+        self.train_targets, self.trainable = self._training_labels(series)
         self._split()
+        if self.external is not None:
+            self._check_external()
+            self.external.setup(stage)
 
     def _series_with_folds(self) -> pd.DataFrame:
         return series_with_folds(self.source.train_csv, self.source.folds_csv, self.seed,
@@ -150,10 +169,34 @@ class RSNASliceDataModule(pl.LightningDataModule):
         return mapping.mapped
 
     def _drawn_boxes(self, series: pd.DataFrame, geometry: dict) -> pd.DataFrame | None:
-        if not (self.use_boxes and self.source.boxes and Path(self.source.boxes).exists()):
+        if not self.use_boxes:
             return None
-        boxes = read_aneurysm_boxes(self.source.boxes)
-        return map_boxes(boxes[boxes[UID_COL].isin(series[UID_COL])], geometry).mapped
+        tables = []
+        if self.source.boxes and Path(self.source.boxes).exists():
+            tables.append(read_aneurysm_boxes(self.source.boxes))
+        if self.extra_boxes:
+            tables.append(read_aneurysm_box_table(self.extra_boxes))
+        if not tables:
+            return None
+        boxes = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+        mapping = map_boxes(boxes[boxes[UID_COL].isin(series[UID_COL])], geometry)
+        if self.extra_boxes and len(mapping.missing):
+            log.warning("%d boxes could not be placed in the cache (e.g. %s)", len(mapping.missing),
+                        mapping.missing["reason"].iloc[0])
+        return mapping.mapped
+
+    def _training_labels(self, series: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(N×14 training targets, N bools: may train) from `train_labels`, or the dataset's labels."""
+        if not self.train_labels:
+            return self.labels, np.ones(len(series), dtype=bool)
+        table = read_series_labels(self.train_labels).set_index(UID_COL)
+        known = series[UID_COL].isin(table.index).to_numpy()
+        targets = self.labels.copy()
+        targets[known] = table.loc[series.loc[known, UID_COL], list(LABEL_COLS)].to_numpy(dtype=np.float32)
+        changed = int((targets[known] != self.labels[known]).any(axis=1).sum())
+        log.info("training labels from %s: %d series relabelled, %d not in it left out of training",
+                 self.train_labels, changed, int((~known).sum()))
+        return targets, known
 
     def _split(self) -> None:
         series = self.series
@@ -164,7 +207,10 @@ class RSNASliceDataModule(pl.LightningDataModule):
                 raise ValueError(f"fold {self.fold} not in the fold file (folds: {sorted(set(series[FOLD_COL]))})")
             train_rows = np.flatnonzero(series[FOLD_COL].to_numpy() != self.fold)
             val_rows = np.flatnonzero(series[FOLD_COL].to_numpy() == self.fold)
-        train = train_items(series.iloc[train_rows], self.localizers, self.boxes, self.positive_window,
+        train_rows = train_rows[self.trainable[train_rows]]
+        training = series.copy()
+        training[list(LABEL_COLS)] = self.train_targets.astype(int)
+        train = train_items(training.iloc[train_rows], self.localizers, self.boxes, self.positive_window,
                             self.background_mm)
         train[SERIES_COL] = train_rows[train[SERIES_COL].to_numpy()]
         if train.attrs.get("dropped_positive"):
@@ -181,7 +227,8 @@ class RSNASliceDataModule(pl.LightningDataModule):
                   for row, grp in self._localizers_by_row().items()} if self.masks else None
         drawn = self._boxes_by_slice() if self.masks else None
         return SliceDataset(
-            self.series, items, self.labels, self.cache.volume, self.input, self.crop_boxes,
+            self.series, items, self.train_targets if train else self.labels, self.cache.volume, self.input,
+            self.crop_boxes,
             center_crop_ratio=1.0 if train else self.val_center_crop,
             transform=self.train_transform if train else None,
             masks=self.masks, localizer_points=points, box_pixels_by_slice=drawn, spacings=self.spacings,
@@ -199,10 +246,35 @@ class RSNASliceDataModule(pl.LightningDataModule):
         return {(row_of[uid], int(z)): grp[list(BOX_COLS)].to_numpy(float)
                 for (uid, z), grp in self.boxes.groupby([UID_COL, "slice_index"])}
 
-    def train_dataloader(self) -> DataLoader:
+    def _check_external(self) -> None:
+        """External samples must batch with RSNA ones: same preprocessing, slice input and mask targets."""
+        problems = []
+        if getattr(self.external, "preprocess", self.preprocess) != self.preprocess:
+            problems.append("preprocess differs (the caches' keys differ)")
+        theirs = getattr(self.external, "input", None)
+        if theirs is not None and theirs.spec() != self.input.spec():
+            problems.append(f"slice input differs ({theirs.spec()} vs {self.input.spec()})")
+        if bool(getattr(self.external, "masks", self.masks)) != bool(self.masks):
+            problems.append(f"masks differ (data.masks={self.masks}, external masks={self.external.masks})")
+        if problems:
+            raise ValueError("data.external cannot train with this data module: " + "; ".join(problems))
+
+    def training_set(self):
+        """(training dataset, per-item positive flags): RSNA items, then the external's when configured."""
         dataset = self._dataset(self.train_items, train=True)
+        positive = self.train_items["positive"].to_numpy(bool)
+        if self.external is None:
+            return dataset, positive
+        extra = self.external.train_dataset(self.train_transform)
+        extra_positive = np.asarray(self.external.positive, dtype=bool)
+        if len(extra_positive) != len(extra):
+            raise ValueError(f"data.external: {len(extra_positive)} positive flags for {len(extra)} samples")
+        return ConcatDataset([dataset, extra]), np.concatenate([positive, extra_positive])
+
+    def train_dataloader(self) -> DataLoader:
+        dataset, positive = self.training_set()
         trainer = self.trainer  # under DDP the sampler is wrapped and only the wrapper gets set_epoch
-        sampler = NegativeSubsampler(self.train_items["positive"].to_numpy(), self.negative_fraction, self.seed,
+        sampler = NegativeSubsampler(positive, self.negative_fraction, self.seed,
                                      epoch_source=(lambda: trainer.current_epoch) if trainer is not None else None)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -227,5 +299,5 @@ class RSNASliceDataModule(pl.LightningDataModule):
         return InputSpec(preprocess=self.preprocess, slice_input=self.input.spec(), head_crop=self.head_crop,
                          val_center_crop=float(self.val_center_crop),
                          masks=asdict(self.masks) if self.masks else None, label_cols=tuple(LABEL_COLS),
-                         label_prevalence=tuple(self.labels[self.train_rows].mean(axis=0).round(6).tolist()),
+                         label_prevalence=tuple(self.train_targets[self.train_rows].mean(axis=0).round(6).tolist()),
                          brain_crop=self.brain_crop)

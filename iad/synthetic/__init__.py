@@ -6,6 +6,13 @@ box archive (LabelImg aneurysm and brain boxes). A few series are coronal or sag
 follow DICOM LPS: +x is the patient's left, which lies on the image's right in axial images.
 """
 
-from iad.synthetic.dataset import DatasetSummary, dataset_settings, is_current, make_dataset, read_settings
+from iad.synthetic.dataset import (
+    HIDDEN_POSITIVES_CSV,
+    DatasetSummary,
+    dataset_settings,
+    is_current,
+    make_dataset,
+    read_settings,
+)
 
-__all__ = ["DatasetSummary", "dataset_settings", "is_current", "make_dataset", "read_settings"]
+__all__ = ["HIDDEN_POSITIVES_CSV", "DatasetSummary", "dataset_settings", "is_current", "make_dataset", "read_settings"]

@@ -1,5 +1,5 @@
 """Command line: `python -m iad.synthetic OUT --n-series N --seed S [--size-range MIN MAX]
-[--locations real|uniform] [--positive-share P] [--max-slices K] [--workers W]`."""
+[--locations real|uniform] [--positive-share P] [--max-slices K] [--hidden-positive-share H] [--workers W]`."""
 
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--positive-share", type=float, default=None,
                         help="share of positive series in every modality (default: the real per-modality shares)")
     parser.add_argument("--max-slices", type=int, default=SLICES_RANGE[1], help="at most this many slices per series")
+    parser.add_argument("--hidden-positive-share", type=float, default=0.0,
+                        help="share of positive series written as negative (truth in hidden_positives.csv)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     args = parser.parse_args(argv)
     summary = make_dataset(args.out, args.n_series, args.seed, size_range=tuple(args.size_range),
                            locations=args.locations, positive_share=args.positive_share,
-                           max_slices=args.max_slices, workers=args.workers)
+                           max_slices=args.max_slices, hidden_positive_share=args.hidden_positive_share,
+                           workers=args.workers)
     print(summary.format())

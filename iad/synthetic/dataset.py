@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import json
 import multiprocessing
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 import shutil
 import time
 
+import numpy as np
 import pandas as pd
 from pydicom.filereader import read_file_meta_info
 
@@ -29,6 +30,7 @@ SERIES_DIR = "series"
 TRAIN_CSV = "train.csv"
 LOCALIZERS_CSV = "train_localizers.csv"
 FOLDS_CSV = "train_kfold.csv"
+HIDDEN_POSITIVES_CSV = "hidden_positives.csv"  # noisy datasets: the true labels of positives written as negative
 SETTINGS_JSON = "synthetic.json"
 LOCK_FILE = ".generating.lock"
 # What the generator draws: a dataset, and every run trained on it, changes with it (it is a dataset
@@ -166,17 +168,43 @@ def is_current(root: str | os.PathLike, settings: dict) -> bool:
 
 def dataset_settings(n_series: int = 60, seed: int = 0, size_range: tuple[int, int] = SIZE_RANGE,
                      locations: str = "real", positive_share: float | None = None, max_slices: int = SLICES_RANGE[1],
-                     generator: int = GENERATOR_VERSION) -> dict:
+                     generator: int = GENERATOR_VERSION, hidden_positive_share: float = 0.0) -> dict:
     """The full settings of a synthetic dataset (defaults filled in), as `make_dataset` records them.
 
     `generator` must be this code's GENERATOR_VERSION: an older version's data cannot be made again.
+    `hidden_positive_share` is recorded only when > 0, so clean datasets keep their settings.
     """
     if int(generator) != GENERATOR_VERSION:
         raise ValueError(f"dataset.synthetic.generator={generator}: this code generates version {GENERATOR_VERSION} "
                          "(older versions' data cannot be made again)")
-    return {"n_series": int(n_series), "seed": int(seed), "size_range": [int(v) for v in size_range],
-            "locations": locations, "positive_share": None if positive_share is None else float(positive_share),
-            "max_slices": int(max_slices), "generator": GENERATOR_VERSION}
+    if not 0.0 <= float(hidden_positive_share) < 1.0:
+        raise ValueError(f"hidden_positive_share must be in [0, 1), got {hidden_positive_share}")
+    settings = {"n_series": int(n_series), "seed": int(seed), "size_range": [int(v) for v in size_range],
+                "locations": locations, "positive_share": None if positive_share is None else float(positive_share),
+                "max_slices": int(max_slices), "generator": GENERATOR_VERSION}
+    if hidden_positive_share > 0:
+        settings["hidden_positive_share"] = float(hidden_positive_share)
+    return settings
+
+
+def hidden_positives(plans: list[SeriesPlan], share: float, seed: int) -> set[str]:
+    """SeriesInstanceUIDs of round(share × positives) positive series to write as negative (label noise).
+
+    Deterministic in (seed, plans): each positive series gets a random key from (seed, its index) and
+    the lowest keys are hidden.
+    """
+    positives = [plan for plan in plans if plan.aneurysms]
+    n_hidden = int(round(share * len(positives)))
+    keys = [np.random.default_rng((seed, plan.index, 0x41D)).random() for plan in positives]
+    return {positives[i].series_uid for i in np.argsort(keys, kind="stable")[:n_hidden]}
+
+
+def written_plans(plans: list[SeriesPlan], hidden: set[str]) -> list[SeriesPlan]:
+    """The plans as the tables and boxes describe them: hidden positives without their aneurysms.
+
+    The images keep the aneurysms (they are rendered from the original plans).
+    """
+    return [replace(plan, aneurysms=()) if plan.series_uid in hidden else plan for plan in plans]
 
 
 def make_dataset(
@@ -189,6 +217,7 @@ def make_dataset(
     positive_share: float | None = None,
     max_slices: int = SLICES_RANGE[1],
     generator: int = GENERATOR_VERSION,
+    hidden_positive_share: float = 0.0,
     workers: int = 1,
     progress: bool = True,
 ) -> DatasetSummary:
@@ -204,8 +233,10 @@ def make_dataset(
     positive series in every modality (None: the real per-modality shares); `max_slices` caps the
     slices per series; `workers` > 1 renders series in parallel processes; `progress` shows a bar of
     the series rendered. Folds: 5 (fewer only when there are fewer than 5 series), stratified by
-    `iad.folds.make_folds`. The settings are written last to `synthetic.json`
-    (`read_settings`), so a folder whose settings match is complete.
+    `iad.folds.make_folds`. `hidden_positive_share` > 0 writes that share of positive series as
+    negative (no localizers, no aneurysm boxes; the images still show the aneurysms) and their true
+    labels to `hidden_positives.csv`; the folds follow the written labels. The settings are written
+    last to `synthetic.json` (`read_settings`), so a folder whose settings match is complete.
     """
     low, high = size_range
     if not MIN_SIZE <= low <= high:
@@ -216,19 +247,27 @@ def make_dataset(
     root = Path(out_dir)
     series_root = root / SERIES_DIR
     series_root.mkdir(parents=True, exist_ok=True)
-    dataset_settings(generator=generator)  # an older generator version is refused before anything is drawn
+    # an older generator version (or a bad share) is refused before anything is drawn
+    settings = dataset_settings(n_series, seed, size_range, locations, positive_share, max_slices, generator,
+                                hidden_positive_share)
     options = {"locations": locations, "positive_share": positive_share, "max_slices": max_slices}
     plans = [plan_series(seed, index, size_range, **options) for index in range(n_series)]
     with _exclusive(root / LOCK_FILE):  # parallel sweep jobs: the first generates, the others then find it done
         missing = [plan.index for plan in plans if not (series_root / plan.series_uid).is_dir()]
         _generate_all(seed, missing, size_range, series_root, workers, options, progress)
-        labels = label_table(plans)
+        hidden = hidden_positives(plans, hidden_positive_share, seed) if hidden_positive_share > 0 else set()
+        written = written_plans(plans, hidden)
+        labels = label_table(written)
         write_csv_atomic(labels, root / TRAIN_CSV)
-        write_csv_atomic(localizer_table(plans), root / LOCALIZERS_CSV)
+        write_csv_atomic(localizer_table(written), root / LOCALIZERS_CSV)
         write_folds(make_folds(labels, n_folds=min(N_FOLDS, n_series), seed=seed), root / FOLDS_CSV)
-        settings = dataset_settings(n_series, seed, size_range, **options, generator=generator)
+        if hidden:
+            truth = label_table([plan for plan in plans if plan.series_uid in hidden])
+            write_csv_atomic(truth[[UID_COL, *LABEL_COLS]], root / HIDDEN_POSITIVES_CSV)
+        else:
+            (root / HIDDEN_POSITIVES_CSV).unlink(missing_ok=True)
         if read_boxes_record(root) != boxes_record(settings):  # also adds the boxes to datasets made before them
-            write_boxes(root, plans, settings)
+            write_boxes(root, written, settings)
         write_json_atomic(settings, root / SETTINGS_JSON)
     return _summarize(root, plans, len(missing), time.perf_counter() - start)
 

@@ -18,7 +18,11 @@ NOT_IDENTITY = ("experiment", "name", "data.fold", "overwrite", "logger", "tags"
                 "hydra", "hydra/launcher", "callbacks.rich_progress_bar", "data.num_workers", "data.prepare_workers",
                 "data.pin_memory", "data.eval_batch_size", "trainer.enable_progress_bar", "preflight_only",
                 # the pipeline command's: which stages to run and how to show them (its folder is named by the recipe)
-                "recipe", "stages", "plan_only", "echo")
+                "recipe", "stages", "plan_only", "echo",
+                "cleaning")  # the cleaning stage's preset is its name, as an experiment is a run's
+# Settings added after runs were made whose null default means "as before": left out of a run's identity
+# while null, so the runs made before them keep their identity (and are found finished, or resumed).
+ABSENT_WHEN_NULL = ("data.train_labels", "data.extra_boxes", "data.external")
 MAX_TAG_CHARS = 80
 # <name>@<key>:<value>+<key>:<value>: characters a Hydra override takes unquoted (model_path=<that folder>)
 TAG_SEP, ITEM_SEP, KEY_VALUE_SEP = "@", "+", ":"
@@ -67,14 +71,14 @@ def run_group(output_dir: str) -> str:
 
 
 def identity_settings(cfg) -> dict[str, Any]:
-    """The flattened, unresolved settings that define what a run learns (see NOT_IDENTITY)."""
+    """The flattened, unresolved settings that define what a run learns (see NOT_IDENTITY, ABSENT_WHEN_NULL)."""
     flat: dict[str, Any] = {}
 
     def walk(node, prefix: str) -> None:
         if isinstance(node, dict) and node:
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
-        elif is_identity_key(prefix):
+        elif is_identity_key(prefix) and not (node is None and prefix in ABSENT_WHEN_NULL):
             flat[prefix] = node
 
     walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg, "")
