@@ -223,3 +223,64 @@ def test_reference_ensembles_resolve_the_six_members(tmp_path, recipe_name):
     assert {m["name"] for m in report["members"]} == expected
     spec = json.loads((tmp_path / "out" / "ensemble.json").read_text())
     assert {m["name"] for m in spec["members"]} == expected
+
+
+def _numbers(pattern: str, text: str) -> set[tuple[int, ...]]:
+    import re
+
+    found = {tuple(int(g) for g in m.groups()) for m in re.finditer(pattern, text)}
+    assert found, f"no line matches {pattern!r}"
+    return found
+
+
+def test_smoke_pipeline_runs_every_stage_hands_outputs_on_and_resumes(tmp_path):
+    """The reduced reference pipeline (recipe=smoke: 2 folds, 1 epoch, tiny inputs) end to end through the real
+    commands; each stage's outputs are what the next one used; a rerun skips everything; a lost output reruns
+    just its stage."""
+    root = tmp_path / "root"
+    command = [sys.executable, "-m", "iad.pipeline", "recipe=smoke", f"paths.root_dir={root}", "echo=false"]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = root / "logs" / "pipeline" / "smoke"
+    record = json.loads((out / STATUS_FILE).read_text())
+    assert set(s["status"] for s in record.values()) == {"ran"} and len(record) == 21
+
+    # cleaning → exp4: the relabelled series and the ones left out are the report's
+    clean = json.loads((out / "clean" / "report.json").read_text())
+    labels = pd.read_csv(out / "clean" / "train_labels.csv")
+    assert clean["series"] == 30 and len(labels) == 30 - clean["left_out_without_box"]
+    exp4_log = (out / "logs" / "exp4_vit.log").read_text()
+    assert _numbers(r"(\d+) series relabelled, (\d+) not in it left out", exp4_log) == {
+        (clean["flipped_with_boxes"], clean["left_out_without_box"])}
+    # pseudo labels → exp4 / exp5: every kept slice and control row trains, the kept ones as positives
+    pseudo = json.loads((out / "pseudo" / "report.json").read_text())
+    table = pd.read_csv(out / "pseudo" / "pseudo_labels.csv")
+    assert pseudo["slices"]["kept"] > 0 and pseudo["slices"]["kept"] == pseudo["slices"]["on_lesion"]  # thresholds 0
+    assert (table["Aneurysm Present"] == 1).sum() == pseudo["slices"]["kept"]
+    for member in ("exp4_vit", "exp5"):
+        log_text = (out / "logs" / f"{member}.log").read_text()
+        assert _numbers(r"external source \w+: (\d+) training slices \((\d+) positive\)", log_text) == {
+            (len(table), pseudo["slices"]["kept"])}
+
+    # the table: every member scored plain and with the crop, and the blend of both
+    results = pd.read_csv(out / "table.csv").set_index("member")
+    assert list(results.index) == [*CLASSIFIER_MEMBERS, BLEND_ROW]
+    assert results[["oof", "oof_crop"]].notna().all().all()
+    assert results[["oof", "oof_crop"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert "ref +crop 0.75" in done.stdout and "0.8823" in done.stdout
+    # the bundle packs the ensemble's six members and predicted every test series
+    spec = json.loads((out / "ensemble" / "ensemble.json").read_text())
+    assert {m["name"] for m in spec["members"]} == set(CLASSIFIER_MEMBERS)
+    submission = pd.read_csv(out / "predictions" / "submission.csv")
+    test_series = [p for p in (out / "test_data" / "series").iterdir() if p.is_dir()]
+    assert len(submission) == len(test_series) == 3 and list(submission.columns)[1:] == list(LABEL_COLS)
+
+    again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(s["status"] for s in json.loads((out / STATUS_FILE).read_text()).values()) == {"skipped"}
+    (out / "bundle" / "bundle.json").unlink()  # as if the bundle stage had been killed before it finished
+    (out / "predictions" / "submission.csv").unlink()
+    third = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    statuses = {name: s["status"] for name, s in json.loads((out / STATUS_FILE).read_text()).items()}
+    assert {name for name, status in statuses.items() if status == "ran"} == {"bundle", "predictions"}

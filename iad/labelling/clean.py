@@ -12,6 +12,7 @@ means finished: the stage is skipped unless `overwrite=true`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from iad.contract import OOF_FILE
 from iad.datasets import DatasetSource
+from iad.evaluation.oof import read_oof
 from iad.labelling.cleaning import (
     Thresholds,
     blend,
@@ -28,6 +31,7 @@ from iad.labelling.cleaning import (
     format_report,
     read_detection_table,
     read_member,
+    table_file,
     threshold_grid,
 )
 from iad.labels import LABEL_COLS, UID_COL, read_series_labels
@@ -44,11 +48,14 @@ HIDDEN_FILE = "hidden_positives.csv"  # iad.synthetic.HIDDEN_POSITIVES_CSV (not 
 
 
 def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detections: str | os.PathLike | None,
-                 out_dir: str | os.PathLike, thresholds: Thresholds = Thresholds(), overwrite: bool = False) -> dict:
+                 out_dir: str | os.PathLike, thresholds: Thresholds = Thresholds(), overwrite: bool = False,
+                 require_all_series: bool = True) -> dict:
     """Clean `dataset`'s labels into `out_dir`; returns the report (read back when already finished).
 
     `members`: {name: {path: sweep folder or OOF csv, weight}}; `detections`: exp0 sweep folder or its
     detections.csv (None: no boxes, so every flipped series is left out of training).
+    `require_all_series=False` judges only the series every member scored (a sweep cut to some folds, as
+    the pipeline's smoke recipe runs); the others keep their labels and are counted as `unjudged`.
     """
     out_dir = Path(out_dir)
     if (out_dir / REPORT_FILE).exists() and not overwrite:
@@ -57,15 +64,19 @@ def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detecti
     if not members:
         raise ValueError("label cleaning needs at least one member {name: {path, weight}}")
     labels = read_series_labels(dataset.train_csv)
-    predictions = blend({name: read_member(spec["path"], labels, name) for name, spec in members.items()},
+    judged = labels if require_all_series else _scored_by_all(labels, members)
+    predictions = blend({name: read_member(spec["path"], judged, name) for name, spec in members.items()},
                         {name: spec.get("weight", 1.0) for name, spec in members.items()})
-    cleaned = clean_labels(labels, predictions, read_detection_table(detections) if detections else None, thresholds)
+    cleaned = clean_labels(judged, predictions, read_detection_table(detections) if detections else None, thresholds)
+    if len(judged) < len(labels):  # the unjudged series train with their own labels
+        unjudged = labels[~labels[UID_COL].isin(judged[UID_COL])]
+        cleaned = replace(cleaned, train_labels=pd.concat([cleaned.train_labels, unjudged], ignore_index=True))
     hidden_file = Path(dataset.root) / HIDDEN_FILE
     hidden = pd.read_csv(hidden_file, dtype={UID_COL: str}) if hidden_file.exists() else None
     if hidden is not None and [c for c in (UID_COL, *LABEL_COLS) if c not in hidden.columns]:
         raise ValueError(f"{hidden_file}: expected columns {UID_COL} and the 14 labels")
     report = cleaning_report(labels, cleaned, hidden)
-    report.update(dataset=dataset.name, train_csv=str(dataset.train_csv),
+    report.update(unjudged=len(labels) - len(judged), dataset=dataset.name, train_csv=str(dataset.train_csv),
                   members={name: {"path": str(spec["path"]), "weight": float(spec.get("weight", 1.0))}
                            for name, spec in members.items()},
                   detections=None if detections is None else str(detections),
@@ -76,9 +87,15 @@ def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detecti
     write_csv_atomic(cleaned.boxes, out_dir / BOXES_FILE)
     write_csv_atomic(cleaned.flipped, out_dir / FLIPPED_FILE)
     if hidden is not None:
-        write_csv_atomic(threshold_grid(labels, predictions, hidden).round(6), out_dir / GRID_FILE)
+        write_csv_atomic(threshold_grid(judged, predictions, hidden).round(6), out_dir / GRID_FILE)
     write_json_atomic(report, out_dir / REPORT_FILE)  # last: its presence means finished
     return report
+
+
+def _scored_by_all(labels: pd.DataFrame, members: Mapping[str, Mapping]) -> pd.DataFrame:
+    """The rows of `labels` whose series every member's OOF file holds."""
+    scored = [set(read_oof(table_file(spec["path"], OOF_FILE))[UID_COL]) for spec in members.values()]
+    return labels[labels[UID_COL].isin(set.intersection(*scored))].reset_index(drop=True)
 
 
 def main() -> None:
@@ -96,7 +113,7 @@ def main() -> None:
         members = OmegaConf.to_container(cfg.members, resolve=True)
         thresholds = Thresholds(cfg.present_threshold, cfg.location_threshold, cfg.detector_confidence)
         report = run_cleaning(instantiate(cfg.dataset), members, cfg.detections, cfg.paths.output_dir, thresholds,
-                              cfg.overwrite)
+                              cfg.overwrite, cfg.require_all_series)
         print(f"{cfg.paths.output_dir}\n{format_report(report)}")
 
     entry()

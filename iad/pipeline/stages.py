@@ -28,6 +28,7 @@ CLEANED_MEMBERS = ("exp4_vit", "exp4_eva", "exp5")  # retrained on cleaned label
 CLEANING_MEMBERS = ("exp2_vit", "exp3")  # whose out-of-fold predictions clean and pseudo-label (0.5 ViT + 0.5 mit_b4)
 CLASSIFIER_MEMBERS = BASE_MEMBERS + CLEANED_MEMBERS
 
+CLEANING_STAGE, PSEUDO_STAGE = "cleaning", "pseudo_labels"
 CROP_DIR, CLEAN_DIR, PSEUDO_DIR = "crops", "clean", "pseudo"
 ENSEMBLE_DIR, BUNDLE_DIR, PREDICTIONS_DIR, TEST_DIR = "ensemble", "bundle", "predictions", "test_data"
 CLEAN_REPORT = PSEUDO_REPORT = "report.json"
@@ -63,7 +64,7 @@ class Recipe:
     folds: Sequence[int]
     center_crop: float
     ensemble: str
-    overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)  # member → its runs' extra overrides
+    overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)  # member or stage → its extra overrides
     dataset_overrides: Sequence[str] = ()  # every command reading the dataset (training, crops, cleaning)
     external_overrides: Sequence[str] = ()  # every command reading the external data (pseudo labels, exp4/exp5)
     test_input: str | None = None
@@ -164,22 +165,23 @@ class Planner:
     def clean_stage(self) -> Stage:
         argv = _python("-m", "iad.labelling.clean", *self.dataset_args(),
                        *self._members_overrides(CLEANING_MEMBERS, crop=False),
-                       f"detections={self.sweep_dir('exp0')}", f"hydra.run.dir={self.clean_dir()}", *self.common)
-        return Stage("cleaning", argv, self.clean_dir() / CLEAN_REPORT)
+                       f"detections={self.sweep_dir('exp0')}", f"hydra.run.dir={self.clean_dir()}",
+                       *self.recipe.overrides.get(CLEANING_STAGE, []), *self.common)
+        return Stage(CLEANING_STAGE, argv, self.clean_dir() / CLEAN_REPORT)
 
     def pseudo_stage(self) -> Stage:
         argv = _python("-m", "iad.labelling.pseudo", *self.external_args(),
                        *self._members_overrides(CLEANING_MEMBERS, crop=False),
                        f"detector={self.sweep_dir('exp0')}", f"device={self.recipe.device}",
-                       f"hydra.run.dir={self.pseudo_dir()}", *self.common)
-        return Stage("pseudo_labels", argv, self.pseudo_dir() / PSEUDO_REPORT)
+                       f"hydra.run.dir={self.pseudo_dir()}", *self.recipe.overrides.get(PSEUDO_STAGE, []), *self.common)
+        return Stage(PSEUDO_STAGE, argv, self.pseudo_dir() / PSEUDO_REPORT)
 
     def ensemble_stage(self) -> Stage:
         members = []
         for member in CLASSIFIER_MEMBERS:
             sweep = self.sweep_dir(member)
             members += [f"ensemble.members.{member}.path={sweep / crop_oof_file(self.recipe.center_crop)}",
-                        f"ensemble.members.{member}.checkpoints={sweep}"]
+                        f"++ensemble.members.{member}.checkpoints={sweep}"]
         argv = _python(_script("ensemble.py"), f"ensemble={self.recipe.ensemble}", *members,
                        f"reference.center_crop={self.recipe.center_crop}",
                        f"hydra.run.dir={self.out / ENSEMBLE_DIR}", *self.common)
