@@ -11,6 +11,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# In a dataset's root, when its labels are known to be noisy (synthetic data with hidden positives): the
+# true labels of the positive series written as negative, which label cleaning is scored against.
+HIDDEN_POSITIVES_CSV = "hidden_positives.csv"
+
 
 @dataclass(frozen=True)
 class DatasetSource:

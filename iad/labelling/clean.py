@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from iad.contract import OOF_FILE
-from iad.datasets import DatasetSource
+from iad.datasets import HIDDEN_POSITIVES_CSV, DatasetSource
 from iad.evaluation.oof import read_oof
 from iad.labelling.cleaning import (
     Thresholds,
@@ -44,7 +44,6 @@ BOXES_FILE = "boxes.csv"
 FLIPPED_FILE = "flipped.csv"
 REPORT_FILE = "report.json"
 GRID_FILE = "threshold_grid.csv"  # with hidden positives: precision / recall over a grid of thresholds
-HIDDEN_FILE = "hidden_positives.csv"  # iad.synthetic.HIDDEN_POSITIVES_CSV (not imported: the generator is heavy)
 
 
 def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detections: str | os.PathLike | None,
@@ -71,7 +70,7 @@ def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detecti
     if len(judged) < len(labels):  # the unjudged series train with their own labels
         unjudged = labels[~labels[UID_COL].isin(judged[UID_COL])]
         cleaned = replace(cleaned, train_labels=pd.concat([cleaned.train_labels, unjudged], ignore_index=True))
-    hidden_file = Path(dataset.root) / HIDDEN_FILE
+    hidden_file = Path(dataset.root) / HIDDEN_POSITIVES_CSV
     hidden = pd.read_csv(hidden_file, dtype={UID_COL: str}) if hidden_file.exists() else None
     if hidden is not None and [c for c in (UID_COL, *LABEL_COLS) if c not in hidden.columns]:
         raise ValueError(f"{hidden_file}: expected columns {UID_COL} and the 14 labels")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from pydicom.filereader import read_file_meta_info
 
+from iad.datasets import HIDDEN_POSITIVES_CSV
 from iad.folds import N_FOLDS, make_folds, write_folds
 from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITIES, MODALITY_COL, PRESENT_COL, SOP_COL, UID_COL
 from iad.synthetic.annotations import boxes_record, read_boxes_record, write_boxes
@@ -30,7 +31,6 @@ SERIES_DIR = "series"
 TRAIN_CSV = "train.csv"
 LOCALIZERS_CSV = "train_localizers.csv"
 FOLDS_CSV = "train_kfold.csv"
-HIDDEN_POSITIVES_CSV = "hidden_positives.csv"  # noisy datasets: the true labels of positives written as negative
 SETTINGS_JSON = "synthetic.json"
 LOCK_FILE = ".generating.lock"
 # What the generator draws: a dataset, and every run trained on it, changes with it (it is a dataset
