@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import json
-import logging
 import os
 from pathlib import Path
 import subprocess
@@ -17,8 +16,6 @@ from iad.pipeline.stages import ENSEMBLE_DIR, Planner, Stage
 from iad.pipeline.table import format_results_table, results_table
 from iad.utils.env import PROJECT_ROOT
 from iad.utils.io import write_csv_atomic, write_json_atomic
-
-log = logging.getLogger(__name__)
 
 STATUS_FILE = "stages.json"
 TABLE_FILE = "table.csv"

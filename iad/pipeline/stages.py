@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+import sys
 
 from iad.contract import BUNDLE_FILE, CV_FILE, FULL_DATA_RUN, RESULT_FILE, SUBMISSION_FILE, fold_name
 from iad.ensembling.run import SPEC_FILE
@@ -73,8 +74,6 @@ class Recipe:
 
 
 def _python(*args: str) -> list[str]:
-    import sys
-
     return [sys.executable, *args]
 
 
