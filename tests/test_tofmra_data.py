@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import albumentations as A
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -183,3 +185,21 @@ def test_a_classifier_trains_on_the_external_slices_alone(external):
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == 3
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+def test_train_py_trains_on_the_external_volumes_alone_into_a_full_run(external, tmp_path):
+    from tests.training_helpers import TINY_MODEL, run_train
+
+    base, source, _, _ = external
+    args = ["experiment=demo_tofmra", f"paths.root_dir={tmp_path}", f"paths.cache_dir={base / 'cache'}",
+            "external.synthetic.n_volumes=8", "external.synthetic.seed=0", "preprocess.image_size=64",
+            f"model.backbone={TINY_MODEL}", "data.input.img_size=32", "data.batch_size=8", "trainer.max_epochs=1",
+            *[f"external.roots.{d}={r}" for d, r in source.roots.items()], f"external.truth={source.truth}"]
+    done = run_train(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next((tmp_path / "logs" / "train" / "runs").glob("demo_tofmra*/full"))
+    result = json.loads((run_dir / "result.json").read_text())
+    assert (result["fold"], result["weighted_auc"], result["best_epoch"], result["epochs"]) == (None, None, None, 1)
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and "without validation" in done.stdout
+    refused = run_train([*args, "data.fold=0"])
+    assert refused.returncode != 0 and "external volumes have no folds" in refused.stderr

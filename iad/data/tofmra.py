@@ -48,13 +48,19 @@ class TOFMRADataModule(pl.LightningDataModule):
     head_crop: crop every slice to the head box of the volume's mean image (as RSNA series without a crop table).
     masks: segmentation targets (cls+seg models): each slice's boxes from the table; slices without a box
         get an empty mask.
+    negative_fraction: share of the negative slices (control rows) drawn each epoch when it trains alone.
+    fold: always None (the run folder of `train.py data=tofmra` is named by it); external volumes never validate.
     """
 
     def __init__(self, source: ExternalSource, preprocess: PreprocessConfig, cache_dir: str, input: SliceInput,
                  pseudo_labels: str | None = None, head_crop: bool = True, masks: MaskSpec | dict | None = None,
-                 train_transform=None, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
-                 prepare_workers: int = 0, seed: int = 42):
+                 train_transform=None, negative_fraction: float = 1.0, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
+                 prepare_workers: int = 0, seed: int = 42, fold: int | None = None):
         super().__init__()
+        if fold is not None:
+            raise ValueError(f"external source '{source.name}': data.fold={fold}, but external volumes have no folds "
+                             "(they never validate); train them alone with data.fold=null, or join them to the RSNA "
+                             "folds through data.external")
         self.source = source
         self.preprocess = preprocess
         self.cache_dir = cache_dir
@@ -63,6 +69,7 @@ class TOFMRADataModule(pl.LightningDataModule):
         self.head_crop = head_crop
         self.masks = MaskSpec(**masks) if isinstance(masks, Mapping) else masks
         self.train_transform = train_transform
+        self.negative_fraction = negative_fraction
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -151,7 +158,7 @@ class TOFMRADataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = NegativeSubsampler(self.positive, 1.0, self.seed,
+        sampler = NegativeSubsampler(self.positive, self.negative_fraction, self.seed,
                                      epoch_source=(lambda: trainer.current_epoch) if trainer is not None else None)
         return DataLoader(self.train_dataset(), batch_size=self.batch_size, sampler=sampler,
                           drop_last=len(self.items) >= self.batch_size, num_workers=self.num_workers,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from iad.boxes import XYXY_COLS
@@ -74,3 +75,20 @@ def read_table(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
     return frame
+
+
+def usable_series(series: pd.DataFrame, status: str) -> pd.Series:
+    """The uids of `series` (series.csv) with `status` that were not excluded."""
+    excluded = series["excluded"].fillna("").astype(str).str.len() > 0
+    return series.loc[(series[STATUS_COL] == status) & ~excluded, UID_COL]
+
+
+def control_label_rows(uids, slice_indices) -> pd.DataFrame:
+    """All-zero PSEUDO_COLS rows (no box) for the given control slices: what a control volume teaches."""
+    frame = pd.DataFrame({UID_COL: np.asarray(uids, dtype=object), SLICE_COL: np.asarray(slice_indices, dtype=int)})
+    for col in LABEL_COLS:
+        frame[col] = 0.0
+    for col in XYXY_COLS:
+        frame[col] = np.nan
+    frame[BOX_SOURCE_COL] = ""
+    return frame[PSEUDO_COLS]

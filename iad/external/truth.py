@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pandas as pd
 
 from iad.boxes import XYXY_COLS
@@ -20,11 +19,13 @@ from iad.external.tables import (
     CONTROL,
     LESION_COL,
     LOCATION_COL,
+    POSITIVE,
     PSEUDO_COLS,
     SLICE_COL,
-    STATUS_COL,
     TRUTH_COLS,
+    control_label_rows,
     read_table,
+    usable_series,
 )
 from iad.labels import LABEL_COLS, LOCATION_COLS, PRESENT_COL, UID_COL
 
@@ -36,8 +37,8 @@ def truth_labels(series: pd.DataFrame, lesion_boxes: pd.DataFrame, truth: str | 
     unknown = sorted(set(located[LOCATION_COL]) - set(LOCATION_COLS))
     if unknown:
         raise ValueError(f"{truth}: unknown locations {unknown}")
-    usable = series[series["excluded"].isna()]
-    boxes = lesion_boxes[lesion_boxes[UID_COL].isin(usable[UID_COL])].merge(
+    usable = set(usable_series(series, POSITIVE)) | set(usable_series(series, CONTROL))
+    boxes = lesion_boxes[lesion_boxes[UID_COL].isin(usable)].merge(
         located, on=[UID_COL, LESION_COL], how="left", validate="many_to_one")
     if boxes[LOCATION_COL].isna().any():
         missing = boxes[boxes[LOCATION_COL].isna()][[UID_COL, LESION_COL]].drop_duplicates().head(3).values.tolist()
@@ -47,9 +48,9 @@ def truth_labels(series: pd.DataFrame, lesion_boxes: pd.DataFrame, truth: str | 
         labels = dict.fromkeys(LABEL_COLS, 0.0) | dict.fromkeys(group[LOCATION_COL], 1.0) | {PRESENT_COL: 1.0}
         for box in group[list(XYXY_COLS)].itertuples(index=False):
             rows.append({UID_COL: uid, SLICE_COL: int(z), **labels, **dict(zip(XYXY_COLS, box)), BOX_SOURCE_COL: "mask"})
-    controls = usable[usable[STATUS_COL] == CONTROL]
-    for uid, n_slices in zip(controls[UID_COL], controls["n_slices"]):
-        for z in np.arange(0, int(n_slices), max(int(control_stride), 1)):
-            rows.append({UID_COL: uid, SLICE_COL: int(z), **dict.fromkeys(LABEL_COLS, 0.0),
-                         **dict.fromkeys(XYXY_COLS, np.nan), BOX_SOURCE_COL: ""})
-    return pd.DataFrame(rows, columns=PSEUDO_COLS)
+    lesion_rows = pd.DataFrame(rows, columns=PSEUDO_COLS)
+    controls = series[series[UID_COL].isin(set(usable_series(series, CONTROL)))]
+    stride = max(int(control_stride), 1)
+    slices = [(uid, z) for uid, n in zip(controls[UID_COL], controls["n_slices"]) for z in range(0, int(n), stride)]
+    control_rows = control_label_rows([uid for uid, _ in slices], [z for _, z in slices])
+    return pd.concat([lesion_rows, control_rows], ignore_index=True) if len(control_rows) else lesion_rows

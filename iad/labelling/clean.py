@@ -20,18 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from iad.contract import OOF_FILE
 from iad.datasets import HIDDEN_POSITIVES_CSV, DatasetSource
-from iad.evaluation.oof import read_oof
 from iad.labelling.cleaning import (
     Thresholds,
+    align_member,
     blend,
     clean_labels,
     cleaning_report,
     format_report,
+    load_member,
     read_detection_table,
-    read_member,
-    table_file,
     threshold_grid,
 )
 from iad.labels import LABEL_COLS, UID_COL, read_series_labels
@@ -63,8 +61,9 @@ def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detecti
     if not members:
         raise ValueError("label cleaning needs at least one member {name: {path, weight}}")
     labels = read_series_labels(dataset.train_csv)
-    judged = labels if require_all_series else _scored_by_all(labels, members)
-    predictions = blend({name: read_member(spec["path"], judged, name) for name, spec in members.items()},
+    oofs = {name: load_member(spec["path"], name) for name, spec in members.items()}
+    judged = labels if require_all_series else _scored_by_all(labels, oofs.values())
+    predictions = blend({name: align_member(oof, judged, name) for name, oof in oofs.items()},
                         {name: spec.get("weight", 1.0) for name, spec in members.items()})
     cleaned = clean_labels(judged, predictions, read_detection_table(detections) if detections else None, thresholds)
     if len(judged) < len(labels):  # the unjudged series train with their own labels
@@ -91,10 +90,10 @@ def run_cleaning(dataset: DatasetSource, members: Mapping[str, Mapping], detecti
     return report
 
 
-def _scored_by_all(labels: pd.DataFrame, members: Mapping[str, Mapping]) -> pd.DataFrame:
-    """The rows of `labels` whose series every member's OOF file holds."""
-    scored = [set(read_oof(table_file(spec["path"], OOF_FILE))[UID_COL]) for spec in members.values()]
-    return labels[labels[UID_COL].isin(set.intersection(*scored))].reset_index(drop=True)
+def _scored_by_all(labels: pd.DataFrame, oofs) -> pd.DataFrame:
+    """The rows of `labels` whose series every member's OOF table holds."""
+    scored = set.intersection(*(set(oof[UID_COL]) for oof in oofs))
+    return labels[labels[UID_COL].isin(scored)].reset_index(drop=True)
 
 
 def main() -> None:

@@ -57,21 +57,33 @@ def table_file(path: str | os.PathLike, name: str) -> Path:
     return path / name if path.is_dir() else path
 
 
-def read_member(path: str | os.PathLike, labels: pd.DataFrame, member: str = "member") -> pd.DataFrame:
-    """A member's OOF predictions (a sweep folder's oof.csv, or the file) for exactly the series of `labels`.
-
-    Every series must be scored once (each by the fold model that never trained on it): a series the
-    OOF file lacks, or holds twice, is a ValueError naming the member and the file.
-    """
+def load_member(path: str | os.PathLike, member: str = "member") -> pd.DataFrame:
+    """A member's OOF predictions (a sweep folder's oof.csv, or the file), its path in `attrs["file"]`."""
     file = table_file(path, OOF_FILE)
     if not file.exists():
         raise FileNotFoundError(f"cleaning member {member!r}: no OOF file at {file}")
     frame = read_oof(file)  # refuses a series held twice
-    missing = labels.loc[~labels[UID_COL].isin(frame[UID_COL]), UID_COL]
+    frame.attrs["file"] = str(file)
+    return frame
+
+
+def align_member(oof: pd.DataFrame, labels: pd.DataFrame, member: str = "member") -> pd.DataFrame:
+    """`load_member`'s predictions for exactly the series of `labels`, in their order.
+
+    Every series must be scored (each by the fold model that never trained on it): a series the OOF
+    file lacks is a ValueError naming the member and the file.
+    """
+    missing = labels.loc[~labels[UID_COL].isin(oof[UID_COL]), UID_COL]
     if len(missing):
-        raise ValueError(f"cleaning member {member!r}: {file} lacks {len(missing)} of the {len(labels)} series "
-                         f"(e.g. {missing.iloc[0]}); every series needs its out-of-fold prediction (all folds run?)")
-    return frame.set_index(UID_COL).loc[labels[UID_COL], list(LABEL_COLS)].reset_index()
+        raise ValueError(f"cleaning member {member!r}: {oof.attrs.get('file', 'its OOF file')} lacks {len(missing)} "
+                         f"of the {len(labels)} series (e.g. {missing.iloc[0]}); every series needs its out-of-fold "
+                         "prediction (all folds run?)")
+    return oof.set_index(UID_COL).loc[labels[UID_COL], list(LABEL_COLS)].reset_index()
+
+
+def read_member(path: str | os.PathLike, labels: pd.DataFrame, member: str = "member") -> pd.DataFrame:
+    """`align_member(load_member(path))`: a member's OOF predictions for exactly the series of `labels`."""
+    return align_member(load_member(path, member), labels, member)
 
 
 def blend(members: Mapping[str, pd.DataFrame], weights: Mapping[str, float]) -> pd.DataFrame:

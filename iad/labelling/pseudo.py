@@ -29,6 +29,7 @@ from iad.external.tables import (
     TRUTH_COLS,
     UNKNOWN,
     read_table,
+    usable_series,
 )
 from iad.labelling.pseudo_labels import (
     DETECTION_COLS,
@@ -38,7 +39,6 @@ from iad.labelling.pseudo_labels import (
     on_lesion,
     pseudo_report,
     select_pseudo_labels,
-    usable_series,
 )
 from iad.labels import LABEL_COLS, UID_COL
 from iad.utils.io import write_csv_atomic, write_json_atomic

@@ -32,6 +32,8 @@ from iad.external.tables import (
     PSEUDO_COLS,
     SLICE_COL,
     STATUS_COL,
+    control_label_rows,
+    usable_series,
 )
 from iad.labels import LABEL_COLS, LOCATION_COLS, PRESENT_COL, UID_COL
 
@@ -62,12 +64,6 @@ class PseudoRule:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def usable_series(series: pd.DataFrame, status: str) -> pd.Series:
-    """The uids of `series` (series.csv) with `status` that were not excluded."""
-    excluded = series["excluded"].fillna("").astype(str).str.len() > 0
-    return series.loc[(series[STATUS_COL] == status) & ~excluded, UID_COL]
 
 
 def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -133,13 +129,7 @@ def control_rows(slices: pd.DataFrame, series: pd.DataFrame, stride: int) -> pd.
     """All-zero label rows for every `stride`-th scored slice of the usable control volumes (no box)."""
     controls = slices[slices[UID_COL].isin(set(usable_series(series, CONTROL)))]
     controls = controls[controls[SLICE_COL].astype(int) % int(stride) == 0]
-    frame = pd.DataFrame({UID_COL: controls[UID_COL].to_numpy(), SLICE_COL: controls[SLICE_COL].to_numpy(int)})
-    for col in LABEL_COLS:
-        frame[col] = 0.0
-    for col in XYXY_COLS:
-        frame[col] = np.nan
-    frame[BOX_SOURCE_COL] = ""
-    return frame[PSEUDO_COLS]
+    return control_label_rows(controls[UID_COL], controls[SLICE_COL])
 
 
 # ---- report ----------------------------------------------------------------------------------------

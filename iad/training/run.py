@@ -125,7 +125,7 @@ def fit_lightning(cfg: DictConfig, run_dir: Path, config_hash: str) -> dict:
         "run_dir": str(run_dir),
         "fold": cfg.data.fold,
         "weighted_auc": oof_writer.best if oof_writer.best > float("-inf") else None,
-        "best_epoch": oof_writer.best_epoch,
+        "best_epoch": oof_writer.best_epoch if has_validation else None,
         "best_variant": oof_writer.best_variant or model.best_variant,
         "epochs": trainer.current_epoch,
         "resumed_from_epoch": resumed_from,
@@ -138,8 +138,12 @@ def fit_lightning(cfg: DictConfig, run_dir: Path, config_hash: str) -> dict:
         return result
     write_json_atomic(result, run_dir / RESULT_FILE)
     score = result["weighted_auc"]
-    print(f"{fold_name(cfg.data.fold)}: validation weighted AUC "
-          f"{'n/a' if score is None else f'{score:.4f}'} ({result['best_variant']} weights, epoch {result['best_epoch']})")
+    if not has_validation:
+        print(f"{fold_name(cfg.data.fold)}: trained {result['epochs']} epochs without validation; "
+              f"{result['best_checkpoint']} holds the last epoch's weights")
+    else:
+        print(f"{fold_name(cfg.data.fold)}: validation weighted AUC {'n/a' if score is None else f'{score:.4f}'} "
+              f"({result['best_variant']} weights, epoch {result['best_epoch']})")
     return result
 
 
