@@ -81,9 +81,12 @@ def test_ddp_two_cpu_ranks_under_multirun(tmp_path):
 
 
 def test_local_folds_over_two_experiments(tmp_path):
-    """Folds × experiments in parallel processes: one sweep folder per experiment, each merged at the end."""
-    args = ["-m", "hydra/launcher=local_folds", *tiny_overrides(tmp_path / "data", tmp_path / "logs"),
-            "data.fold=0", "name=exp_a,exp_b"]
+    """Folds × experiments in parallel processes: one sweep folder per experiment, each merged at the end.
+
+    With loader workers: inside a loky job torch's default start method cannot start them.
+    """
+    tiny = [a.replace("data.num_workers=0", "data.num_workers=1") for a in tiny_overrides(tmp_path / "data", tmp_path / "logs")]
+    args = ["-m", "hydra/launcher=local_folds", *tiny, "data.fold=0", "name=exp_a,exp_b"]
     out = run_train(args, env=ENV)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     _sweep_outputs(tmp_path / "logs", tmp_path / "data", (0,), n_sweeps=2)

@@ -17,6 +17,7 @@ from iad.contract import InputSpec
 from iad.data.crops import FULL_BOX, head_box, read_crop_table
 from iad.data.dataset import MaskSpec, SliceDataset
 from iad.data.inputs import SliceInput
+from iad.data.loaders import loader_options
 from iad.data.samplers import NegativeSubsampler
 from iad.data.slices import SERIES_COL, SLICE_MM_COL, eval_items, holdout_split, series_labels, train_items
 from iad.datasets import DatasetSource
@@ -277,13 +278,11 @@ class RSNASliceDataModule(pl.LightningDataModule):
         sampler = NegativeSubsampler(positive, self.negative_fraction, self.seed,
                                      epoch_source=(lambda: trainer.current_epoch) if trainer is not None else None)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+                          **loader_options(self.num_workers, self.pin_memory))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset(self.val_items, train=False), batch_size=self.eval_batch_size,
-                          shuffle=False, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+                          shuffle=False, **loader_options(self.num_workers, self.pin_memory))
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Normalise uint8 images on the device (cheaper than float samples through the loader)."""

@@ -24,6 +24,7 @@ from iad.contract import InputSpec
 from iad.data.crops import FULL_BOX, head_box
 from iad.data.dataset import MaskSpec, SliceDataset
 from iad.data.inputs import SliceInput
+from iad.data.loaders import loader_options
 from iad.data.samplers import NegativeSubsampler
 from iad.data.slices import SERIES_COL, SLICE_COL
 from iad.external.cache import ExternalTables, prepare_external, read_external
@@ -161,8 +162,8 @@ class TOFMRADataModule(pl.LightningDataModule):
         sampler = NegativeSubsampler(self.positive, self.negative_fraction, self.seed,
                                      epoch_source=(lambda: trainer.current_epoch) if trainer is not None else None)
         return DataLoader(self.train_dataset(), batch_size=self.batch_size, sampler=sampler,
-                          drop_last=len(self.items) >= self.batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+                          drop_last=len(self.items) >= self.batch_size,
+                          **loader_options(self.num_workers, self.pin_memory))
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Normalise uint8 images on the device, as the RSNA DataModule does."""
