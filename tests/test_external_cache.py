@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 import shutil
@@ -217,3 +218,53 @@ def test_scaled_nifti_caches_like_its_stored_integers(prepared, tmp_path):
     expected = cache.volume(row[UID_COL])
     assert meta.shape == expected.shape
     assert np.abs(again.astype(int) - expected.astype(int)).max() <= 1
+
+
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"  # real NIfTI files nibabel ships for its own tests
+
+
+def test_real_nifti_files_cache_in_the_dicom_layout_and_a_4d_one_is_refused(tmp_path):
+    """nibabel's anatomical.nii (big-endian int16, stored L-A-S: radiological x) through discover and the cache."""
+    anatomical, four_d = NIBABEL_DATA / "anatomical.nii", NIBABEL_DATA / "example4d.nii.gz"
+    if not (anatomical.exists() and four_d.exists()):
+        pytest.skip(f"nibabel's test images are not installed ({NIBABEL_DATA})")
+    image = nib.load(str(anatomical))
+    assert nib.aff2axcodes(image.affine) == ("L", "A", "S") and image.get_data_dtype().byteorder == ">"
+    root = tmp_path / "ds003949"
+    anat = root / "sub-001" / "ses-1" / "anat"
+    anat.mkdir(parents=True)
+    (anat / "sub-001_ses-1_angio.nii.gz").write_bytes(gzip.compress(anatomical.read_bytes()))  # the file's own bytes
+    other = root / "sub-002" / "ses-1" / "anat"
+    other.mkdir(parents=True)
+    shutil.copy(four_d, other / "sub-002_ses-1_angio.nii.gz")
+    voxel = (5, 30, 17)  # (i, j, k) of the stored grid: x towards L, y towards A, z towards S
+    mask = np.zeros(image.shape, np.uint8)
+    mask[voxel] = 1
+    masks = root / "derivatives" / "manual_masks" / "sub-001" / "ses-1" / "anat"
+    masks.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(mask, image.affine), str(masks / "sub-001_ses-1_desc-Lesion_1_mask.nii.gz"))
+
+    config = PreprocessConfig(image_size=None)  # native grid: cache pixels are voxels
+    tables = prepare_external(ExternalSource("tofmra", {"ds003949": str(root)}), tmp_path / "cache", config,
+                              progress=False)
+    series = tables.series.set_index(UID_COL)
+    uid, four_d_uid = external_series_uid("ds003949", "001", "1"), external_series_uid("ds003949", "002", "1")
+    assert pd.isna(series.at[uid, "excluded"]) and series.at[uid, "status"] == POSITIVE
+    reason = series.at[four_d_uid, "excluded"]
+    assert "sub-002_ses-1_angio.nii.gz" in reason and "3-D" in reason
+    # expected layout, derived through nibabel's canonical (RAS) reorientation: (S, P, L) = RAS axes reversed, y and x flipped
+    canonical = nib.as_closest_canonical(image)
+    expected = np.asarray(canonical.dataobj).transpose(2, 1, 0)[:, ::-1, ::-1]
+    cached = SeriesCache(tmp_path / "cache", config).volume(uid)
+    assert cached.shape == expected.shape == (25, 41, 33)
+    assert np.corrcoef(cached.astype(float).ravel(), expected.astype(float).ravel())[0, 1] > 0.99
+    marked = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(mask, image.affine)).dataobj).transpose(2, 1, 0)[:, ::-1, ::-1]
+    z, y, x = np.argwhere(marked)[0]
+    lesion = tables.lesions.iloc[0]
+    assert (lesion["slice_index"], lesion["y"], lesion["x"]) == (z, y, x)
+    box = tables.lesion_boxes.iloc[0]
+    assert (box["slice_index"], box["x0"], box["y0"], box["x1"], box["y1"]) == (z, x, y, x + 1, y + 1)
+    # the slice positions ascend superior-wards by the voxel size along z, as DICOM's do
+    meta = SeriesCache(tmp_path / "cache", config).meta(uid)
+    steps = np.diff(meta.slice_positions)
+    assert np.allclose(steps, abs(image.affine[2, 2])) and np.allclose(meta.spacing[0], abs(image.affine[2, 2]))
