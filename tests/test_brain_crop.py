@@ -255,3 +255,32 @@ def test_crop_table_without_sidecar_records_no_detector(cropped, tmp_path, caplo
                                        crop_table=str(cropped["table"]))
     assert with_sidecar.brain_crop == read_sidecar(cropped["table"])
     assert set(CROP_COLS) <= set(pd.read_csv(bare).columns)
+
+
+def test_external_volumes_get_the_same_detectors_crops(cropped, tmp_path):
+    """`crop_table external=<source>` crops the external volumes; TOFMRADataModule trains on those boxes."""
+    from iad.data import SliceInput
+    from iad.data.tofmra import TOFMRADataModule
+    from iad.external.source import ExternalSource
+    from iad.synthetic.bids import DATASETS
+
+    data = tmp_path / "data"
+    stdout = crop_table_command(f"detector={cropped['detector']}", f"paths.data_dir={data}", "external=synthetic",
+                                "external.synthetic.n_volumes=6", "external.synthetic.seed=3")
+    out = cropped["detector"].parent.parent / "crops" / "external-synthetic.csv"
+    assert f"crop table {out}" in stdout
+    table = pd.read_csv(out)
+    series = pd.read_csv(next((data / "cache").glob("*/external/synthetic/series.csv")))
+    assert sorted(table[UID_COL]) == sorted(series.loc[series["excluded"].isna(), UID_COL])
+    assert (table["source"] == "detector").any() and read_sidecar(out)["sha256"]
+    source = ExternalSource("synthetic", {d: str(data / "synthetic_tofmra" / d) for d in DATASETS},
+                            synthetic={"n_volumes": 6, "seed": 3}, truth=str(data / "synthetic_tofmra" / "truth.csv"))
+    module = TOFMRADataModule(source, PreprocessConfig(image_size=64), str(data / "cache"), SliceInput(32),
+                              crop_table=str(out))
+    module.prepare_data()
+    module.setup()
+    boxes = read_crop_table(out)
+    assert module.crop_boxes == [boxes[uid] for uid in module.series[UID_COL]]
+    assert any(box != pytest.approx(head_box(module.cache.mean_image(uid)))
+               for uid, box in zip(module.series[UID_COL], module.crop_boxes))
+    assert module.input_spec().brain_crop == read_sidecar(out)

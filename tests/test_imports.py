@@ -28,6 +28,7 @@ TORCH_FREE = [
     "iad.labelling", "iad.labelling.cleaning", "iad.labelling.clean",
     "ensemble",  # the entry point, before Hydra runs it
     "iad.labelling.pseudo_labels", "iad.labelling.pseudo",  # the pseudo-label rule; the stage imports torch when run
+    "iad.pipeline.stages",
 ]
 TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
 INFERENCE = ["iad.inference", "iad.inference.kaggle", "iad.inference.loading", "iad.inference.predictor",

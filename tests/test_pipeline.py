@@ -50,7 +50,7 @@ def test_plan_runs_the_reference_order_and_hands_outputs_on(tmp_path):
                       ["paths.root_dir=/r"])
     stages = planner.stages()
     names = [s.name for s in stages]
-    assert names[:3] == ["exp0", "exp1", "brain_crops"]
+    assert names[:4] == ["exp0", "exp1", "brain_crops", "external_brain_crops"]
     order = {name: i for i, name in enumerate(names)}
     assert max(order[m] for m in BASE_MEMBERS) < order["cleaning"] < min(order[m] for m in CLEANED_MEMBERS)
     assert order["pseudo_labels"] < min(order[m] for m in CLEANED_MEMBERS)
@@ -68,6 +68,11 @@ def test_plan_runs_the_reference_order_and_hands_outputs_on(tmp_path):
         pseudo = Path(_value(by_name[member].argv, "data.external.pseudo_labels"))
         assert pseudo.parent == by_name["pseudo_labels"].done_file.parent
         assert _value(by_name[member].argv, "external.x") == "1"
+        # the external slices on the same detector's crops of the external volumes
+        assert _value(by_name[member].argv, "data.external.crop_table") == _value(by_name["external_brain_crops"].argv, "out")
+    external_crops = by_name["external_brain_crops"].argv
+    assert _value(external_crops, "detector") == brain_run and _value(external_crops, "external") == "synthetic"
+    assert _value(external_crops, "out") != crop_table
     assert "data.train_labels" not in " ".join(by_name["exp2_vit"].argv)
     assert _value(by_name["exp2_vit"].argv, "trainer.max_epochs") == "1"
     assert "trainer.max_epochs=1" not in by_name["exp2_eva"].argv
@@ -243,7 +248,7 @@ def test_smoke_pipeline_runs_every_stage_hands_outputs_on_and_resumes(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = root / "logs" / "pipeline" / "smoke"
     record = json.loads((out / STATUS_FILE).read_text())
-    assert set(s["status"] for s in record.values()) == {"ran"} and len(record) == 21
+    assert set(s["status"] for s in record.values()) == {"ran"} and len(record) == 22
 
     # cleaning → exp4: the relabelled series and the ones left out are the report's
     clean = json.loads((out / "clean" / "report.json").read_text())
@@ -257,8 +262,11 @@ def test_smoke_pipeline_runs_every_stage_hands_outputs_on_and_resumes(tmp_path):
     table = pd.read_csv(out / "pseudo" / "pseudo_labels.csv")
     assert pseudo["slices"]["kept"] > 0 and pseudo["slices"]["kept"] == pseudo["slices"]["on_lesion"]  # thresholds 0
     assert (table["Aneurysm Present"] == 1).sum() == pseudo["slices"]["kept"]
+    external_crops = pd.read_csv(out / "crops" / "external-synthetic.csv")  # the brain detector's, every volume
+    assert set(table["SeriesInstanceUID"]) <= set(external_crops["SeriesInstanceUID"])
     for member in ("exp4_vit", "exp5"):
         log_text = (out / "logs" / f"{member}.log").read_text()
+        assert "not in the crop table" not in log_text
         assert _numbers(r"external source \w+: (\d+) training slices \((\d+) positive\)", log_text) == {
             (len(table), pseudo["slices"]["kept"])}
 

@@ -59,6 +59,13 @@ def box_pixels(box, height: int, width: int) -> tuple[int, int, int, int]:
     return px0, py0, min(px1, width), min(py1, height)
 
 
+def series_crop_boxes(uids, crop_table: dict, head_crop: bool, mean_image) -> list[tuple[float, float, float, float]]:
+    """Each series' crop: its box in `crop_table` (`read_crop_table`), else the head box of its mean image
+    (`mean_image(uid)`) when `head_crop`, else the full image."""
+    return [crop_table[uid] if uid in crop_table else head_box(mean_image(uid)) if head_crop else FULL_BOX
+            for uid in uids]
+
+
 def read_crop_table(path: str | Path) -> dict[str, tuple[float, float, float, float]]:
     """SeriesInstanceUID → normalised box from a CSV with columns SeriesInstanceUID, x0, y0, x1, y1."""
     table = pd.read_csv(path)

@@ -14,7 +14,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from iad.boxes import BOX_COLS, map_boxes, read_aneurysm_box_table, read_aneurysm_boxes
 from iad.contract import InputSpec
-from iad.data.crops import FULL_BOX, head_box, read_crop_table
+from iad.data.crops import read_crop_table, series_crop_boxes
 from iad.data.dataset import MaskSpec, SliceDataset
 from iad.data.inputs import SliceInput
 from iad.data.loaders import loader_options
@@ -149,15 +149,7 @@ class RSNASliceDataModule(pl.LightningDataModule):
 
     def _crop_boxes(self, series: pd.DataFrame, cache: SeriesCache) -> list:
         table = read_crop_table(self.crop_table) if self.crop_table else {}
-        boxes = []
-        for uid in series[UID_COL]:
-            if uid in table:
-                boxes.append(table[uid])
-            elif self.head_crop:
-                boxes.append(head_box(cache.mean_image(uid)))
-            else:
-                boxes.append(FULL_BOX)
-        return boxes
+        return series_crop_boxes(series[UID_COL], table, self.head_crop, cache.mean_image)
 
     def _localizers(self, series: pd.DataFrame, geometry: dict) -> pd.DataFrame:
         path = Path(self.source.localizers_csv)

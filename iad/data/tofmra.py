@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 
 from iad.boxes import XYXY_COLS
 from iad.contract import InputSpec
-from iad.data.crops import FULL_BOX, head_box
+from iad.data.crops import read_crop_table, series_crop_boxes
 from iad.data.dataset import MaskSpec, SliceDataset
+from iad.detection.crops import read_sidecar
 from iad.data.inputs import SliceInput
 from iad.data.loaders import loader_options
 from iad.data.samplers import NegativeSubsampler
@@ -46,7 +47,9 @@ class TOFMRADataModule(pl.LightningDataModule):
 
     pseudo_labels: the pseudo-label stage's `pseudo_labels.csv` (PSEUDO_COLS: slice, 14 soft labels, a box in
         cache pixels or none); None = the synthetic source's truth (`ExternalSource.truth`).
-    head_crop: crop every slice to the head box of the volume's mean image (as RSNA series without a crop table).
+    head_crop: crop every slice to the head box of the volume's mean image (volumes the crop table lacks).
+    crop_table: the brain detector's crops of this source's volumes (`python -m iad.detection.crop_table
+        external=<source>`), as RSNA series take theirs (data.crop_table); None = head box / full image.
     masks: segmentation targets (cls+seg models): each slice's boxes from the table; slices without a box
         get an empty mask.
     negative_fraction: share of the negative slices (control rows) drawn each epoch when it trains alone.
@@ -54,7 +57,7 @@ class TOFMRADataModule(pl.LightningDataModule):
     """
 
     def __init__(self, source: ExternalSource, preprocess: PreprocessConfig, cache_dir: str, input: SliceInput,
-                 pseudo_labels: str | None = None, head_crop: bool = True, masks: MaskSpec | dict | None = None,
+                 pseudo_labels: str | None = None, head_crop: bool = True, crop_table: str | None = None, masks: MaskSpec | dict | None = None,
                  train_transform=None, negative_fraction: float = 1.0, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
                  prepare_workers: int = 0, seed: int = 42, fold: int | None = None):
         super().__init__()
@@ -68,6 +71,7 @@ class TOFMRADataModule(pl.LightningDataModule):
         self.input = input
         self.pseudo_labels = pseudo_labels
         self.head_crop = head_crop
+        self.crop_table = crop_table
         self.masks = MaskSpec(**masks) if isinstance(masks, Mapping) else masks
         self.train_transform = train_transform
         self.negative_fraction = negative_fraction
@@ -105,7 +109,12 @@ class TOFMRADataModule(pl.LightningDataModule):
         cache = self.cache
         metas = [cache.meta(uid) for uid in uids]
         self.spacings = [tuple(m.spacing) for m in metas]
-        self.crop_boxes = [head_box(cache.mean_image(uid)) if self.head_crop else FULL_BOX for uid in uids]
+        crops = read_crop_table(self.crop_table) if self.crop_table else {}
+        self.crop_boxes = series_crop_boxes(uids, crops, self.head_crop, cache.mean_image)
+        if self.crop_table and not set(uids) <= crops.keys():
+            log.warning("external source %s: %d of %d volumes are not in the crop table %s (cropped to the %s)",
+                        self.source.name, len(set(uids) - crops.keys()), len(uids), self.crop_table,
+                        "head box" if self.head_crop else "full image")
         log.info("external source %s: %d training slices (%d positive) from %d volumes (%s)", self.source.name,
                  len(self.items), int(self.positive.sum()), len(uids), path)
 
@@ -174,4 +183,4 @@ class TOFMRADataModule(pl.LightningDataModule):
         return InputSpec(preprocess=self.preprocess, slice_input=self.input.spec(), head_crop=self.head_crop,
                          val_center_crop=1.0, masks=asdict(self.masks) if self.masks else None,
                          label_cols=tuple(LABEL_COLS), label_prevalence=tuple(self.targets.mean(axis=0).round(6).tolist()),
-                         brain_crop=None)
+                         brain_crop=read_sidecar(self.crop_table) if self.crop_table else None)

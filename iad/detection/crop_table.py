@@ -1,9 +1,12 @@
 """Brain crop table of a dataset: `python -m iad.detection.crop_table detector=<brain detector run or detector.pt>
-dataset=rsna [min_confidence=0.25] [out=<csv>]`.
+dataset=rsna [external=tofmra] [min_confidence=0.25] [out=<csv>]`.
 
 Runs the brain detector over every cached series' mean image (the cache of the detector's own
 preprocessing, built first where missing) and writes `<detector run>/crops/<dataset>.csv` (the crop
 table `data.crop_table` takes) with its sidecar JSON naming the detector; see `iad.detection.crops`.
+With `external=<source>` it crops that external source's usable volumes instead
+(`<detector run>/crops/external-<source>.csv`, the table `data.external.crop_table` takes), so
+external slices train on the same learned crop as the RSNA series they join.
 """
 
 from __future__ import annotations
@@ -38,13 +41,11 @@ def resolve_detector(path: str | Path) -> tuple[Path, Path]:
 
 def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, out: str | Path | None = None,
                      min_confidence: float | None = None, workers: int = 0, device: str = "cpu") -> tuple[Path, Counter]:
-    """Crop every cached series of `source` (a DatasetSource) with the brain detector; returns the table
-    path and the counts per source ("detector", "head_box: <reason>", "not cached"). `min_confidence`
-    defaults to the rule's (`iad.detection.crops.DEFAULT_MIN_CONFIDENCE`)."""
+    """Crop every cached series of `source` (a DatasetSource, or an ExternalSource: its usable volumes) with
+    the brain detector; returns the table path and the counts per source ("detector", "head_box: <reason>",
+    "not cached"). `min_confidence` defaults to the rule's (`iad.detection.crops.DEFAULT_MIN_CONFIDENCE`)."""
     from iad.detection.crops import DEFAULT_MIN_CONFIDENCE, brain_crop, crop_row, write_crop_table
     from iad.detection.detector import load_detector
-    from iad.labels import UID_COL, read_series_labels
-    from iad.preprocessing import prepare_dataset
     from iad.utils.weights import file_sha256
 
     path, run_dir = resolve_detector(detector_path)
@@ -52,9 +53,8 @@ def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, 
     if detector.spec.image != "mean":
         raise ValueError(f"{path}: a {detector.spec.task} detector on {detector.spec.image!r} images; "
                          "a crop table needs the brain detector (mean images)")
-    cache, _ = prepare_dataset(source, cache_root, detector.spec.preprocess, workers=workers)
+    cache, listed, name = _listed_series(source, cache_root, detector.spec.preprocess, workers)
     min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else min_confidence
-    listed = list(read_series_labels(source.train_csv)[UID_COL])
     uids = [uid for uid in listed if cache.has(uid)]  # each entry's integrity is checked once
     counts: Counter = Counter(not_cached=len(listed) - len(uids))
     rows = []
@@ -65,13 +65,30 @@ def build_crop_table(detector_path: str | Path, source, cache_root: str | Path, 
         decision = brain_crop(detector.detect_mean(mean), detector.spec.classes, mean, min_confidence)
         counts[decision.source if decision.reason is None else f"{decision.source}: {decision.reason}"] += 1
         rows.append(crop_row(uid, decision))
-    out = Path(out) if out else run_dir / CROPS_DIR / f"{source.name}.csv"
+    out = Path(out) if out else run_dir / CROPS_DIR / f"{name}.csv"
     return write_crop_table(rows, out, path, file_sha256(path), min_confidence), counts
+
+
+def _listed_series(source, cache_root: str | Path, preprocess, workers: int) -> tuple:
+    """(the detector's cache, the series to crop, the table's default name) of a dataset or external source."""
+    from iad.detection.crops import external_crop_table_name
+    from iad.external.cache import prepare_external
+    from iad.external.source import ExternalSource
+    from iad.labels import UID_COL, read_series_labels
+    from iad.preprocessing import SeriesCache, prepare_dataset
+
+    if isinstance(source, ExternalSource):
+        series = prepare_external(source, cache_root, preprocess, workers=workers).series
+        usable = series.loc[series["excluded"].isna(), UID_COL]
+        return SeriesCache(cache_root, preprocess), list(usable), external_crop_table_name(source.name)
+    cache, _ = prepare_dataset(source, cache_root, preprocess, workers=workers)
+    return cache, list(read_series_labels(source.train_csv)[UID_COL]), source.name
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="crop_table", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    table, counts = build_crop_table(cfg.detector, instantiate(cfg.dataset), cfg.paths.cache_dir, cfg.out,
+    source = instantiate(cfg.external) if cfg.get("external") else instantiate(cfg.dataset)
+    table, counts = build_crop_table(cfg.detector, source, cfg.paths.cache_dir, cfg.out,
                                      cfg.min_confidence, cfg.workers, cfg.device)
     print(f"crop table {table}: " + ", ".join(f"{key} {n}" for key, n in sorted(counts.items())))
 

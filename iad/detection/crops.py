@@ -74,6 +74,11 @@ def crop_row(uid: str, decision: CropDecision) -> dict:
             "confidence": decision.confidence, "source": decision.source, "reason": decision.reason or ""}
 
 
+def external_crop_table_name(source_name: str) -> str:
+    """The crop table name of an external source's volumes, beside the datasets' `<dataset>`."""
+    return f"external-{source_name}"
+
+
 def sidecar_path(table: str | Path) -> Path:
     """The JSON next to a crop table that names its detector."""
     return Path(table).with_suffix(SIDECAR_SUFFIX)

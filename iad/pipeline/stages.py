@@ -16,6 +16,7 @@ from pathlib import Path
 import sys
 
 from iad.contract import BUNDLE_FILE, CV_FILE, FULL_DATA_RUN, RESULT_FILE, SUBMISSION_FILE, fold_name
+from iad.detection.crops import external_crop_table_name
 from iad.ensembling.run import SPEC_FILE
 from iad.synthetic.dataset import SERIES_DIR, SETTINGS_JSON
 from iad.utils.config import run_name
@@ -95,6 +96,9 @@ class Planner:
     def crop_table(self) -> Path:
         return self.out / CROP_DIR / f"{self.recipe.dataset}.csv"
 
+    def external_crop_table(self) -> Path:
+        return self.out / CROP_DIR / f"{external_crop_table_name(self.recipe.external)}.csv"
+
     def clean_dir(self) -> Path:
         return self.out / CLEAN_DIR
 
@@ -111,7 +115,8 @@ class Planner:
             own += [f"data.train_labels={self.clean_dir() / CLEANED_LABELS}",
                     f"data.extra_boxes={self.clean_dir() / CLEANED_BOXES}",
                     *self.external_args(),
-                    f"data.external.pseudo_labels={self.pseudo_dir() / PSEUDO_LABELS}"]
+                    f"data.external.pseudo_labels={self.pseudo_dir() / PSEUDO_LABELS}",
+                    f"data.external.crop_table={self.external_crop_table()}"]
         return [*own, *extra]
 
     def dataset_args(self) -> list[str]:
@@ -146,6 +151,11 @@ class Planner:
                        *self.dataset_args(), f"out={self.crop_table()}", f"device={self.recipe.device}",
                        *self.common)
         return Stage("brain_crops", argv, self.crop_table())
+
+    def external_crop_stage(self) -> Stage:
+        argv = _python("-m", "iad.detection.crop_table", f"detector={self.brain_run()}", *self.external_args(),
+                       f"out={self.external_crop_table()}", f"device={self.recipe.device}", *self.common)
+        return Stage("external_brain_crops", argv, self.external_crop_table())
 
     def crop_oof_stage(self, member: str) -> Stage:
         sweep = self.sweep_dir(member)
@@ -208,9 +218,9 @@ class Planner:
         return Stage("predictions", argv, self.out / PREDICTIONS_DIR / SUBMISSION_FILE)
 
     def stages(self) -> list[Stage]:
-        """exp0 → exp1 → brain crops → exp2 ViT/EVA, exp3 → cleaning + pseudo labels → exp4 ViT/EVA, exp5 →
-        the centre-crop OOF of every classifier → ensemble → bundle → predictions."""
-        plan = [self.sweep_stage("exp0"), self.brain_stage(), self.crop_stage()]
+        """exp0 → exp1 → brain crops (dataset, external source) → exp2 ViT/EVA, exp3 → cleaning + pseudo labels →
+        exp4 ViT/EVA, exp5 → the centre-crop OOF of every classifier → ensemble → bundle → predictions."""
+        plan = [self.sweep_stage("exp0"), self.brain_stage(), self.crop_stage(), self.external_crop_stage()]
         plan += [self.sweep_stage(m) for m in BASE_MEMBERS]
         plan += [self.clean_stage(), self.pseudo_stage()]
         plan += [self.sweep_stage(m) for m in CLEANED_MEMBERS]
