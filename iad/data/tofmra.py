@@ -23,11 +23,11 @@ from iad.boxes import XYXY_COLS
 from iad.contract import InputSpec
 from iad.data.crops import read_crop_table, series_crop_boxes
 from iad.data.dataset import MaskSpec, SliceDataset
-from iad.detection.crops import read_sidecar
 from iad.data.inputs import SliceInput
 from iad.data.loaders import loader_options
 from iad.data.samplers import NegativeSubsampler
 from iad.data.slices import SERIES_COL, SLICE_COL
+from iad.detection.crops import read_sidecar
 from iad.external.cache import ExternalTables, prepare_external, read_external
 from iad.external.source import ExternalSource
 from iad.external.tables import PSEUDO_COLS, SLICE_COL as TABLE_SLICE_COL, read_table
@@ -57,9 +57,10 @@ class TOFMRADataModule(pl.LightningDataModule):
     """
 
     def __init__(self, source: ExternalSource, preprocess: PreprocessConfig, cache_dir: str, input: SliceInput,
-                 pseudo_labels: str | None = None, head_crop: bool = True, crop_table: str | None = None, masks: MaskSpec | dict | None = None,
-                 train_transform=None, negative_fraction: float = 1.0, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
-                 prepare_workers: int = 0, seed: int = 42, fold: int | None = None):
+                 pseudo_labels: str | None = None, head_crop: bool = True, crop_table: str | None = None,
+                 masks: MaskSpec | dict | None = None, train_transform=None, negative_fraction: float = 1.0,
+                 batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False, prepare_workers: int = 0,
+                 seed: int = 42, fold: int | None = None):
         super().__init__()
         if fold is not None:
             raise ValueError(f"external source '{source.name}': data.fold={fold}, but external volumes have no folds "
