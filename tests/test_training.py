@@ -39,7 +39,8 @@ def test_every_experiment_composes(experiment, tmp_path):
     if cfg.engine == "ultralytics":  # the detectors (tests/test_detection.py)
         assert cfg.data._target_.endswith("DetectorData") and cfg.model._target_.endswith("YoloModel")
         return
-    assert cfg.data._target_.endswith("RSNASliceDataModule") and cfg.model._target_.startswith("iad.models")
+    expected = "TOFMRADataModule" if cfg.get("external") and cfg.data.get("external") is None else "RSNASliceDataModule"
+    assert cfg.data._target_.endswith(expected) and cfg.model._target_.startswith("iad.models")
     assert cfg.model.optimizer._partial_ is True
 
 
