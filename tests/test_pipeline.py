@@ -190,7 +190,7 @@ def test_pipeline_command_plans_the_reference_recipe(tmp_path):
                               timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         lines = done.stdout.splitlines()
-        assert [line.split()[0] for line in lines][:3] == ["exp0", "exp1", "brain_crops"]
+        assert [line.split()[0] for line in lines][:4] == ["exp0", "exp1", "brain_crops", "external_brain_crops"]
         for line in lines:
             for arg in line.split():
                 if arg.startswith("experiment="):

@@ -30,8 +30,10 @@ def main(cfg: DictConfig) -> None:
 
     planner = planner_from(cfg)
     if cfg.plan_only:
-        for stage in planner.stages():
-            print(f"{stage.name:<20}{'finished' if stage.finished() else 'to run':<10}{' '.join(stage.argv[1:])}")
+        stages = planner.stages()
+        width = max(len(stage.name) for stage in stages) + 2
+        for stage in stages:
+            print(f"{stage.name:<{width}}{'finished' if stage.finished() else 'to run':<10}{' '.join(stage.argv[1:])}")
         return
     start = time.perf_counter()
     run_pipeline(planner, only=cfg.stages, echo=cfg.echo)
