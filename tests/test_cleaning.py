@@ -20,11 +20,12 @@ from iad.labelling.cleaning import (
     GRID,
     LOCATIONS_SEP,
     Thresholds,
+    align_member,
     blend,
     clean_labels,
     cleaning_report,
     detection_boxes,
-    read_member,
+    load_member,
     threshold_grid,
 )
 from iad.labels import LABEL_COLS, LOCATION_COLS, MODALITY_COL, PRESENT_COL, SOP_COL, UID_COL, read_series_labels
@@ -126,18 +127,18 @@ def test_members_must_score_every_series_exactly_once(tmp_path):
     labels = label_table([0, 1, 0])
     preds = predictions(labels, [0.1, 0.9, 0.2], [{}, {}, {}])
     good = oof_file(tmp_path / "good.csv", labels, preds)
-    assert read_member(good, labels)[UID_COL].tolist() == labels[UID_COL].tolist()
+    assert align_member(load_member(good), labels)[UID_COL].tolist() == labels[UID_COL].tolist()
     twice = pd.concat([pd.read_csv(good), pd.read_csv(good).iloc[:1]])
     twice.to_csv(tmp_path / "twice.csv", index=False)
     with pytest.raises(ValueError, match="twice.csv: duplicated"):
-        read_member(tmp_path / "twice.csv", labels, "exp3")
+        align_member(load_member(tmp_path / "twice.csv", "exp3"), labels, "exp3")
     pd.read_csv(good).iloc[1:].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(ValueError, match=r"'exp3': .*short.csv lacks 1 of the 3"):
-        read_member(tmp_path / "short.csv", labels, "exp3")
+        align_member(load_member(tmp_path / "short.csv", "exp3"), labels, "exp3")
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / OOF_FILE).write_text(good.read_text())
-    assert read_member(sweep, labels).equals(read_member(good, labels))  # a sweep folder: its oof.csv
+    assert align_member(load_member(sweep), labels).equals(align_member(load_member(good), labels))  # a sweep folder: its oof.csv
 
 
 def test_blend_is_the_weighted_mean():

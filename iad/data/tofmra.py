@@ -112,9 +112,10 @@ class TOFMRADataModule(pl.LightningDataModule):
         self.spacings = [tuple(m.spacing) for m in metas]
         crops = read_crop_table(self.crop_table) if self.crop_table else {}
         self.crop_boxes = series_crop_boxes(uids, crops, self.head_crop, cache.mean_image)
-        if self.crop_table and not set(uids) <= crops.keys():
+        uncropped = set(uids) - crops.keys() if self.crop_table else set()
+        if uncropped:
             log.warning("external source %s: %d of %d volumes are not in the crop table %s (cropped to the %s)",
-                        self.source.name, len(set(uids) - crops.keys()), len(uids), self.crop_table,
+                        self.source.name, len(uncropped), len(uids), self.crop_table,
                         "head box" if self.head_crop else "full image")
         log.info("external source %s: %d training slices (%d positive) from %d volumes (%s)", self.source.name,
                  len(self.items), int(self.positive.sum()), len(uids), path)
@@ -139,8 +140,9 @@ class TOFMRADataModule(pl.LightningDataModule):
             raise ValueError(f"{path}: {len(unknown)} series are not volumes of external source '{self.source.name}' "
                              f"(e.g. {unknown[:3]})")
         cache = self.cache
-        unusable = [f"{uid} ({series.at[uid, 'excluded'] if pd.notna(series.at[uid, 'excluded']) else cache.problem(uid)})"
-                    for uid in named if pd.notna(series.at[uid, "excluded"]) or not cache.has(uid)]
+        reasons = {uid: series.at[uid, "excluded"] if pd.notna(series.at[uid, "excluded"]) else cache.problem(uid)
+                   for uid in named}
+        unusable = [f"{uid} ({reason})" for uid, reason in reasons.items() if reason is not None]
         if unusable:
             raise ValueError(f"{path}: {len(unusable)} series are not cached under {cache.dir} (e.g. {unusable[:3]}); "
                              "run prepare_data / prepare_external for this preprocessing")

@@ -74,13 +74,13 @@ def _listed_series(source, cache_root: str | Path, preprocess, workers: int) -> 
     from iad.detection.crops import external_crop_table_name
     from iad.external.cache import prepare_external
     from iad.external.source import ExternalSource
+    from iad.external.tables import usable_series
     from iad.labels import UID_COL, read_series_labels
     from iad.preprocessing import SeriesCache, prepare_dataset
 
     if isinstance(source, ExternalSource):
         series = prepare_external(source, cache_root, preprocess, workers=workers).series
-        usable = series.loc[series["excluded"].isna(), UID_COL]
-        return SeriesCache(cache_root, preprocess), list(usable), external_crop_table_name(source.name)
+        return SeriesCache(cache_root, preprocess), list(usable_series(series)), external_crop_table_name(source.name)
     cache, _ = prepare_dataset(source, cache_root, preprocess, workers=workers)
     return cache, list(read_series_labels(source.train_csv)[UID_COL]), source.name
 

@@ -54,6 +54,7 @@ from iad.external.tables import (
     external_dir,
     external_series_uid,
     read_table,
+    usable_series,
 )
 from iad.labels import UID_COL
 from iad.preprocessing.cache import (
@@ -233,7 +234,7 @@ def prepare_external(source: ExternalSource, cache_root: str | os.PathLike, prep
     report_path = out_dir / REPORT_FILE
     if report_path.exists() and json.loads(report_path.read_text()).get("fingerprint") == fingerprint:
         tables = read_external(cache_root, preprocess, source.name)
-        if tables.series[UID_COL].map(lambda uid: cache.has(uid)).where(tables.series["excluded"].isna(), True).all():
+        if all(cache.has(uid) for uid in usable_series(tables.series)):
             return tables
     cache.dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(cache.dir)

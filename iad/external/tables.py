@@ -77,10 +77,15 @@ def read_table(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def usable_series(series: pd.DataFrame, status: str) -> pd.Series:
-    """The uids of `series` (series.csv) with `status` that were not excluded."""
-    excluded = series["excluded"].fillna("").astype(str).str.len() > 0
-    return series.loc[(series[STATUS_COL] == status) & ~excluded, UID_COL]
+def excluded(series: pd.DataFrame) -> pd.Series:
+    """Per row of `series` (series.csv): whether the volume was left out (its reason given)."""
+    return series["excluded"].fillna("").astype(str).str.len() > 0
+
+
+def usable_series(series: pd.DataFrame, status: str | None = None) -> pd.Series:
+    """The uids of `series` (series.csv) with `status` (None: any) that were not excluded."""
+    keep = ~excluded(series) if status is None else (series[STATUS_COL] == status) & ~excluded(series)
+    return series.loc[keep, UID_COL]
 
 
 def control_label_rows(uids, slice_indices) -> pd.DataFrame:

@@ -37,8 +37,7 @@ def truth_labels(series: pd.DataFrame, lesion_boxes: pd.DataFrame, truth: str | 
     unknown = sorted(set(located[LOCATION_COL]) - set(LOCATION_COLS))
     if unknown:
         raise ValueError(f"{truth}: unknown locations {unknown}")
-    usable = set(usable_series(series, POSITIVE)) | set(usable_series(series, CONTROL))
-    boxes = lesion_boxes[lesion_boxes[UID_COL].isin(usable)].merge(
+    boxes = lesion_boxes[lesion_boxes[UID_COL].isin(set(usable_series(series, POSITIVE)))].merge(
         located, on=[UID_COL, LESION_COL], how="left", validate="many_to_one")
     if boxes[LOCATION_COL].isna().any():
         missing = boxes[boxes[LOCATION_COL].isna()][[UID_COL, LESION_COL]].drop_duplicates().head(3).values.tolist()

@@ -80,12 +80,6 @@ def align_member(oof: pd.DataFrame, labels: pd.DataFrame, member: str = "member"
                          "prediction (all folds run?)")
     return oof.set_index(UID_COL).loc[labels[UID_COL], list(LABEL_COLS)].reset_index()
 
-
-def read_member(path: str | os.PathLike, labels: pd.DataFrame, member: str = "member") -> pd.DataFrame:
-    """`align_member(load_member(path))`: a member's OOF predictions for exactly the series of `labels`."""
-    return align_member(load_member(path, member), labels, member)
-
-
 def blend(members: Mapping[str, pd.DataFrame], weights: Mapping[str, float]) -> pd.DataFrame:
     """Weighted mean (weights normalised to sum 1) of aligned member predictions: uid + 14 columns."""
     names = list(members)

@@ -135,7 +135,7 @@ def pseudo_label(tables_for: Callable, cache_root: str | Path, predictor, detect
     target_key = next(iter(configs))
     series, lesion_boxes = tables[target_key].series, tables[target_key].lesion_boxes
     uids = [uid for status in SCORED_STATUSES for uid in usable_series(series, status)]
-    missing = {uid: caches[key].problem(uid) for uid in uids for key in caches if not caches[key].has(uid)}
+    missing = {uid: problem for uid in uids for cache in caches.values() if (problem := cache.problem(uid)) is not None}
     for uid, problem in missing.items():
         log.warning("external series %s left out: %s", uid, problem)
     uids = [uid for uid in uids if uid not in missing]

@@ -33,6 +33,7 @@ from iad.external.tables import (
     SLICE_COL,
     STATUS_COL,
     control_label_rows,
+    excluded,
     usable_series,
 )
 from iad.labels import LABEL_COLS, LOCATION_COLS, PRESENT_COL, UID_COL
@@ -172,12 +173,12 @@ def detector_box_iou(labelled: pd.DataFrame, lesion_boxes: pd.DataFrame) -> floa
 
 def _volume_counts(series: pd.DataFrame) -> dict:
     """{dataset: {status: volumes, "excluded": volumes}} (an excluded volume counts only as excluded)."""
-    excluded = series["excluded"].fillna("").astype(str).str.len() > 0
+    left_out = excluded(series)
     counts: dict = {}
     for dataset, group in series.groupby("dataset"):
-        out = group[~excluded[group.index]]
+        out = group[~left_out[group.index]]
         counts[str(dataset)] = {**{str(k): int(v) for k, v in out[STATUS_COL].value_counts().items()},
-                                "excluded": int(excluded[group.index].sum())}
+                                "excluded": int(left_out[group.index].sum())}
     return counts
 
 

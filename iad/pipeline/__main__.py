@@ -1,6 +1,6 @@
-"""`python -m iad.pipeline [recipe=reference|demo|smoke] [stages=[...]]`: exp0 → exp1 → brain crops → exp2/exp3 →
-cleaning + pseudo labels → exp4/exp5 → the ensemble → a bundle → predictions, each stage skipped when finished;
-then the reference's table for this run."""
+"""`python -m iad.pipeline [recipe=reference|demo|smoke] [stages=[...]]`: exp0 → exp1 → brain crops (dataset and
+external volumes) → exp2/exp3 → cleaning + pseudo labels → exp4/exp5 → the ensemble → a bundle → predictions,
+each stage skipped when finished; then the reference's table for this run."""
 
 from pathlib import Path
 import time

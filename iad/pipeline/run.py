@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import json
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -34,7 +33,7 @@ def run_stage(stage: Stage, log_file: Path, echo: bool = True) -> None:
         out.write(f"$ {' '.join(stage.argv)}\n")
         out.flush()
         process = subprocess.Popen(stage.argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1, env=os.environ.copy())
+                                   text=True, bufsize=1)
         for line in process.stdout:
             out.write(line)
             if echo:
